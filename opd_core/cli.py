@@ -1,0 +1,189 @@
+"""The `opd-lab` command: the dashboard by default, and every engine operation as a subcommand.
+
+Each subcommand imports what it needs only when it runs, so `opd-lab --help` and the dashboard start
+fast and a broken optional piece never breaks the others. Exit codes: 0 success, 1 a run or check that
+failed, 2 bad input (a bad config, a missing path), with one line on stderr naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=os.environ.get("OPD_LAB_RUNS_DIR", DEFAULT_RUNS_DIR),
+                   help="your runs folder, shown beside the shipped sample runs (default: ./runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    p.add_argument("--no-samples", action="store_true", help="do not show the shipped sample runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opd-lab",
+        description="OPD Lab: diagnose on-policy distillation runs. With no subcommand, starts the dashboard.",
+    )
+    _add_serve_args(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="start the dashboard (the default when no command is given)")
+    _add_serve_args(p)
+
+    p = sub.add_parser("train", help="run one distillation job and print its run directory")
+    p.add_argument("config", nargs="?", help="a TOML or JSON config file (or a shipped example name)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable), e.g. --set objective=topk_support")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where the run directory is created")
+    p.add_argument("--name", help="run id (default: objective + time)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+    p = sub.add_parser("report", help="print the health report of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="write the findings as JSON")
+
+    p = sub.add_parser("tokenizers", help="tokenizer tools")
+    tsub = p.add_subparsers(dest="tok_command", metavar="ACTION", required=True)
+    c = tsub.add_parser("compare", help="the tokenizer / special-token mismatch report of two tokenizers")
+    c.add_argument("a", help="a tokenizer or checkpoint directory, or a toy preset")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("runs", help="list, stop, resume or fork background runs")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    for name, helptext in (("list", "every run with its state"), ("stop", "stop a run (SIGTERM; it finishes the step)"),
+                           ("resume", "resume a stopped or failed run from its last checkpoint"),
+                           ("fork", "continue a run from a checkpoint into a new run with changed settings"),
+                           ("launch", "start a new background run from a config")):
+        r = rsub.add_parser(name, help=helptext)
+        r.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+        if name in ("stop", "resume", "fork"):
+            r.add_argument("run", help="run id (in --runs-dir) or a run directory path")
+        if name == "fork":
+            r.add_argument("--step", type=int, help="checkpoint step to fork from (default: the latest)")
+            r.add_argument("--name", help="the new run's id")
+        if name in ("fork", "launch"):
+            r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name == "launch":
+            r.add_argument("config", nargs="?")
+            r.add_argument("--name")
+        if name == "list":
+            r.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("toy", help="the offline toy world")
+    tsub = p.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
+    b = tsub.add_parser("build", help="retrain the shipped toy teacher and student from scratch")
+    b.add_argument("--out", help="where to write (default: the package's own assets)")
+    b.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("samples", help="the shipped sample runs")
+    ssub = p.add_subparsers(dest="samples_command", metavar="ACTION", required=True)
+    b = ssub.add_parser("build", help="regenerate the shipped sample runs with the product's own recipes")
+    b.add_argument("--out", default=None, help="where to write (default: ./sample_runs)")
+    b.add_argument("--only", action="append", default=[], help="build only this sample (repeatable)")
+
+    p = sub.add_parser("bench", help="run the benchmark suite and print its table")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    return serve(runs_dir=args.runs_dir, host=args.host, port=args.port, show_samples=not args.no_samples)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from opd_core.config import ConfigError
+    from opd_core.train import train_from_cli
+
+    try:
+        return train_from_cli(config_path=args.config, overrides=args.overrides, runs_dir=args.runs_dir,
+                              name=args.name, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from opd_core import runs
+    from opd_core.diagnostics import format_report, health
+
+    if not runs.is_run_dir(args.run_dir):
+        raise CliError(f"{args.run_dir} is not a run directory (no config.json or status.json); "
+                       "pass the folder `opd-lab train` printed")
+    report = health(args.run_dir)
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0
+
+
+def _tokenizers(args: argparse.Namespace) -> int:
+    from opd_core.alignment import cli_compare
+
+    return cli_compare(args.a, args.b, as_json=args.json)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from opd_core import launcher
+
+    return launcher.cli(args)
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from opd_core.toy.build import cli_build
+
+    return cli_build(args)
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from opd_core.samples import build_samples
+
+    build_samples(out_dir=args.out, only=args.only or None)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    sys.argv = ["benchmarks", *args.args]
+    runpy.run_module("benchmarks", run_name="__main__")
+    return 0
+
+
+HANDLERS: dict[str | None, Callable[[argparse.Namespace], int]] = {
+    None: _serve, "serve": _serve, "train": _train, "report": _report, "tokenizers": _tokenizers,
+    "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except CliError as exc:
+        print(f"opd-lab: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        # Library errors raised for bad input carry a message naming the problem and the fix.
+        print(f"opd-lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
