@@ -1,0 +1,399 @@
+"""The run health report: which failure modes a run shows, the numbers that show it, and the fix to try.
+
+``health(run_dir)`` reads only the columns the checks need from a few evenly spread logged steps (the
+first and last always), runs each failure-mode check and the cheap training checks on the metrics, and
+returns findings. Each check stays quiet unless its evidence clears the thresholds in ``THRESHOLDS``;
+docs/diagnostics.md says why each threshold sits where it does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from opd_core import runs
+from opd_core.diagnostics import collapse, drift, imbalance, mismatch
+from opd_core.diagnostics.loading import DiagnosticsError, read_run_tokens
+
+SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
+# Objectives whose per-token signal is a divergence over the vocabulary, spread over every token by design.
+DENSE_OBJECTIVES = frozenset({"reverse_kl", "forward_kl", "jsd", "topk_support", "kl_mix"})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where each check starts to speak; the reasons are in docs/diagnostics.md."""
+
+    min_tokens: int = 200               # fewer trained tokens than this: too few to judge concentration
+    gini_warning: float = 0.6           # half-normal noise gives ~0.41, exponential ~0.5
+    gini_critical: float = 0.8
+    top1_warning: float = 0.15          # exponential |signal| gives ~0.056 in the top 1%
+    top1_critical: float = 0.3
+    drift_min_tokens: int = 50          # drifted rows (and baseline rows) needed before comparing
+    drift_min_share: float = 0.05       # fewer drifted tokens than this barely move the update
+    drift_entropy_ratio: float = 2.0    # teacher twice as uncertain off-support as on its own prefixes
+    drift_entropy_gap: float = 0.25     # ...and by at least this many nats (tiny entropies double easily)
+    drift_critical_ratio: float = 4.0
+    drift_critical_share: float = 0.25
+    special_share_warning: float = 0.25
+    special_share_critical: float = 0.5
+    eos_share_warning: float = 0.15
+    eos_log_ratio: float = -5.0         # teacher gives the student's EOS e^5 ~ 150x less probability
+    support_fall_warning: float = 0.15  # absolute fall of the student's mass inside the teacher's top-K
+    support_fall_critical: float = 0.3
+    support_low: float = 0.3
+    overlap_fall_warning: float = 0.25
+    grad_spike_factor: float = 10.0     # grad norm over 10x the running median of the previous steps
+    grad_window: int = 20
+    length_ratio_warning: float = 1.5   # last-quarter mean response length over first-quarter mean
+    length_cap_share: float = 0.9       # ...critical when it sits at max_new_tokens
+    eval_drop_warning: float = 0.1      # accuracy points lost from the run's best eval to its last
+
+
+THRESHOLDS = Thresholds()
+
+
+@dataclass
+class Finding:
+    """One problem a run shows: what (mode, title), how bad, the numbers behind it, and what to try."""
+
+    mode: str          # imbalance | drift | mismatch | collapse | training
+    severity: str      # info | warning | critical
+    title: str
+    evidence: dict
+    fix: str           # config settings to try, by their config names
+    page: str          # the dashboard page that shows the evidence
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "evidence": _json_safe(self.evidence)}
+
+
+@dataclass
+class HealthReport:
+    """The findings of one run, most severe first, and the checks that could not run (and why)."""
+
+    run_dir: Path
+    findings: list[Finding]
+    skipped: list[str] = field(default_factory=list)
+    objective: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"run_dir": str(self.run_dir), "objective": self.objective,
+                "findings": [f.to_dict() for f in self.findings], "skipped": list(self.skipped)}
+
+    def modes(self) -> set[str]:
+        """The failure modes flagged (for tests and quick checks)."""
+        return {f.mode for f in self.findings}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: Any, digits: int = 4) -> Any:
+    """Round evidence numbers so reports are readable; NaN stays NaN (None in JSON)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------- failure-mode checks
+
+
+def check_imbalance(tokens: pd.DataFrame, objective: str | None, t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """FM1 on sampled-token runs: a few ordinary tokens carry most of |signal| (special tokens left to FM3)."""
+    if objective in DENSE_OBJECTIVES:
+        return []
+    s = imbalance.summary(tokens, exclude_special=True)
+    if s["n_tokens"] < t.min_tokens or not (_finite(s["gini"]) and _finite(s["top1pct_share"])):
+        return []
+    if s["gini"] < t.gini_warning or s["top1pct_share"] < t.top1_warning:
+        return []
+    critical = s["gini"] >= t.gini_critical and s["top1pct_share"] >= t.top1_critical
+    neg = imbalance.negative_reward_share_by_step(tokens)
+    evidence = {"gini": _num(s["gini"]), "top1pct_share": _num(s["top1pct_share"]),
+                "top5pct_share": _num(s["top5pct_share"]), "n_tokens": s["n_tokens"],
+                "negative_reward_share_first_step": _num(float(neg["negative_share"].iloc[0])) if len(neg) else None}
+    return [Finding(
+        mode="imbalance", severity="critical" if critical else "warning",
+        title=(f"the top 1% of tokens carry {s['top1pct_share']:.0%} of the signal "
+               f"(Gini {s['gini']:.2f}): a handful of positions drive the update"),
+        evidence=evidence,
+        fix="objective=topk_support (objective_params.k=32, objective_params.renormalize=true): dense, bounded "
+            "supervision on the teacher's top-K at every visited prefix",
+        page="Imbalance",
+    )]
+
+
+def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """FM2: the teacher is much less certain on drifted student prefixes than on its own rollouts."""
+    s = drift.summary(tokens)
+    if s["measure"] is None or s["n_drifted"] < t.drift_min_tokens or not _finite(s["drifted_share"]):
+        return []
+    if s["drifted_share"] < t.drift_min_share:
+        return []
+    if s["n_reference"] >= t.drift_min_tokens and _finite(s["teacher_entropy_reference"]):
+        baseline, base_name = s["teacher_entropy_reference"], "teacher's own rollouts"
+    elif s["n_undrifted"] >= t.drift_min_tokens and _finite(s["teacher_entropy_undrifted"]):
+        baseline, base_name = s["teacher_entropy_undrifted"], "on-support student prefixes"
+    else:
+        return []
+    drifted = s["teacher_entropy_drifted"]
+    if not _finite(drifted) or drifted - baseline < t.drift_entropy_gap:
+        return []
+    ratio = drifted / baseline if baseline > 0 else math.inf
+    if ratio < t.drift_entropy_ratio:
+        return []
+    critical = ratio >= t.drift_critical_ratio and s["drifted_share"] >= t.drift_critical_share
+    evidence = {"measure": s["measure"], "baseline": base_name, "drifted_share": _num(s["drifted_share"]),
+                "n_drifted": s["n_drifted"], "teacher_entropy_drifted": _num(drifted),
+                "teacher_entropy_baseline": _num(baseline), "entropy_ratio": _num(ratio),
+                "teacher_top1_prob_drifted": _num(s["teacher_top1_prob_drifted"]),
+                "teacher_top1_prob_reference": _num(s["teacher_top1_prob_reference"]),
+                "teacher_rank_drifted": _num(s["teacher_rank_drifted"]),
+                "teacher_rank_reference": _num(s["teacher_rank_reference"])}
+    return [Finding(
+        mode="drift", severity="critical" if critical else "warning",
+        title=(f"once the student drifts ({s['drifted_share']:.0%} of its tokens), the teacher's entropy is "
+               f"{ratio:.1f}x that on the {base_name}: its guidance there is close to noise"),
+        evidence=evidence,
+        fix="top_p=0.9 (keep rollouts in the student's nucleus, nearer the teacher's support); "
+            "objective=topk_support; or lmbda=0.5 to mix in teacher-prefix rollouts",
+        page="Teacher under drift",
+    )]
+
+
+def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
+                   t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """FM3: special tokens / EOS carry a large, wrong signal, or the pair disagrees on them with masking off."""
+    s = mismatch.summary(tokens, alignment)
+    special, eos = s.get("special_signal_share"), s.get("eos_signal_share")
+    eos_ratio, eos_masked = s.get("eos_mean_log_ratio"), s.get("eos_masked_share")
+    masking_on = bool(config.get("mask_special_tokens"))
+    reasons = []
+    if _finite(special) and special >= t.special_share_warning:
+        reasons.append(f"special tokens carry {special:.0%} of the signal")
+    if _finite(eos) and eos >= t.eos_share_warning:
+        reasons.append(f"the EOS position carries {eos:.0%}")
+    if _finite(eos_ratio) and eos_ratio <= t.eos_log_ratio and not (_finite(eos_masked) and eos_masked >= 0.5):
+        reasons.append(f"the teacher scores the student's EOS {eos_ratio:.1f} nats below the student")
+    if not masking_on and (s["eos_differs"] or s["n_differing_ids"] > 0):
+        what = []
+        if s["eos_differs"]:
+            what.append(f"EOS {s.get('eos_a')!r} vs {s.get('eos_b')!r}")
+        if s["n_differing_ids"]:
+            what.append(f"{s['n_differing_ids']} ids read differently")
+        reasons.append("the tokenizer report shows " + " and ".join(what) + " with masking off")
+    if not reasons:
+        return []
+    critical = (_finite(special) and special >= t.special_share_critical) or (
+        _finite(eos_ratio) and eos_ratio <= t.eos_log_ratio and not masking_on)
+    keys = ("special_signal_share", "eos_signal_share", "eos_mean_log_ratio", "eos_masked_share",
+            "largest_log_ratio", "largest_log_ratio_token", "largest_log_ratio_teacher_token",
+            "eos_a", "eos_b", "eos_differs", "n_differing_ids")
+    evidence = {k: _num(s[k]) for k in keys if k in s}
+    evidence["mask_special_tokens"] = masking_on
+    return [Finding(
+        mode="mismatch", severity="critical" if critical else "warning",
+        title="tokenizer / special-token mismatch: " + "; ".join(reasons),
+        evidence=evidence,
+        fix="mask_special_tokens=true and mask_after_eos=true (EOS mapped between tokenizers by meaning, "
+            "not by id)",
+        page="Tokenizer mismatch",
+    )]
+
+
+def check_collapse(tokens: pd.DataFrame, config: dict, t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """Support collapse: the student's mass inside the teacher's top-K (or the top-K overlap) falls away."""
+    s = collapse.summary(tokens)
+    first, last = s["support_mass_first"], s["support_mass_last"]
+    fall = first - last if _finite(first) and _finite(last) else math.nan
+    o_fall = s["overlap_first"] - s["overlap_last"] if _finite(s["overlap_first"]) else math.nan
+    if s["n_steps"] < 2:
+        return []
+    mass_warn = _finite(fall) and fall >= t.support_fall_warning
+    overlap_warn = _finite(o_fall) and o_fall >= t.overlap_fall_warning
+    if not (mass_warn or overlap_warn):
+        return []
+    critical = _finite(fall) and (fall >= t.support_fall_critical or last < t.support_low)
+    params = config.get("objective_params") or {}
+    if _objective_name(config) == "topk_support" and params.get("renormalize") is False:
+        fix = "objective_params.renormalize=true (top-K matching without the renormalisation collapses)"
+    else:
+        fix = "objective=topk_support with objective_params.renormalize=true; or a lower learning_rate"
+    evidence = {"support_mass_first": _num(first), "support_mass_last": _num(last), "support_mass_fall": _num(fall),
+                "support_mass_min": _num(s["support_mass_min"]), "overlap_first": _num(s["overlap_first"]),
+                "overlap_last": _num(s["overlap_last"]), "first_step": s.get("first_step"),
+                "last_step": s.get("last_step"), "estimated": s["estimated"]}
+    return [Finding(
+        mode="collapse", severity="critical" if critical else "warning",
+        title=(f"support collapse: the student's mass inside the teacher's top-K fell from {first:.2f} to "
+               f"{last:.2f}" if _finite(fall) else
+               f"support collapse: top-K overlap fell from {s['overlap_first']:.2f} to {s['overlap_last']:.2f}"),
+        evidence=evidence, fix=fix, page="Compare",
+    )]
+
+
+# ----------------------------------------------------------------------------- training checks (metrics only)
+
+
+def _null_steps(run_dir: Path, key: str) -> list[int]:
+    """Steps whose record has ``key`` written as null: the writer turns NaN/inf into null."""
+    steps = []
+    for rec, _ in runs.iter_metric_records(run_dir):
+        if key in rec and (rec[key] is None or (isinstance(rec[key], float) and not math.isfinite(rec[key]))):
+            steps.append(rec.get("step"))
+    return steps
+
+
+def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """Cheap checks on metrics.jsonl: NaN loss, grad-norm spikes, runaway response length, falling eval."""
+    found: list[Finding] = []
+    bad = sorted(set(_null_steps(run_dir, "loss")) | set(_null_steps(run_dir, "grad_norm")), key=str)
+    if bad:
+        found.append(Finding(
+            mode="training", severity="critical", title=f"loss or grad norm is NaN/inf at {len(bad)} step(s)",
+            evidence={"check": "nan_loss", "n_steps": len(bad), "first_steps": bad[:5]},
+            fix="a lower learning_rate, max_grad_norm=1.0 and dtype=float32", page="Compare"))
+    if "grad_norm" in metrics and len(metrics) > t.grad_window // 4:
+        g = pd.to_numeric(metrics["grad_norm"], errors="coerce")
+        median = g.rolling(t.grad_window, min_periods=5).median().shift(1)
+        ratio = g / median
+        spikes = metrics.loc[ratio >= t.grad_spike_factor, "step"].tolist()
+        if spikes:
+            found.append(Finding(
+                mode="training", severity="warning",
+                title=f"grad-norm spikes: {len(spikes)} step(s) over {t.grad_spike_factor:g}x the running median",
+                evidence={"check": "grad_norm_spike", "n_spikes": len(spikes), "steps": spikes[:5],
+                          "max_ratio": _num(float(ratio.max()))},
+                fix="max_grad_norm=1.0 and a lower learning_rate; top_p=0.9 keeps rollouts off the teacher's "
+                    "unsupported tail", page="Compare"))
+    trend = mismatch.response_length_trend(metrics)
+    stats = trend.attrs
+    if stats.get("n", 0) >= 8 and _finite(stats.get("ratio")) and stats["ratio"] >= t.length_ratio_warning \
+            and stats["slope"] > 0:
+        cap = config.get("max_new_tokens")
+        at_cap = _finite(cap) and stats["last_mean"] >= t.length_cap_share * cap
+        found.append(Finding(
+            mode="training", severity="critical" if at_cap else "warning",
+            title=(f"response length running away: {stats['first_mean']:.0f} -> {stats['last_mean']:.0f} tokens"
+                   + (" (at max_new_tokens)" if at_cap else "")),
+            evidence={"check": "length_runaway", "first_mean": _num(stats["first_mean"]),
+                      "last_mean": _num(stats["last_mean"]), "ratio": _num(stats["ratio"]),
+                      "slope_per_step": _num(stats["slope"]), "max_new_tokens": cap},
+            fix="mask_special_tokens=true and mask_after_eos=true (a mismatched EOS teaches the student not to "
+                "stop); objective=topk_support gives shorter responses", page="Tokenizer mismatch"))
+    if "eval_accuracy" in metrics:
+        evals = metrics[["step", "eval_accuracy"]].copy()
+        evals["eval_accuracy"] = pd.to_numeric(evals["eval_accuracy"], errors="coerce")
+        evals = evals.dropna()
+        if len(evals) >= 3:
+            acc = evals["eval_accuracy"].to_numpy(dtype=float)
+            best = int(np.argmax(acc))
+            drop = acc[best] - acc[-1]
+            if drop >= t.eval_drop_warning and acc[-1] < acc[0]:
+                best_step = int(evals["step"].iloc[best])
+                found.append(Finding(
+                    mode="training", severity="warning",
+                    title=f"eval accuracy falling: {acc[best]:.2f} at step {best_step}, {acc[-1]:.2f} now",
+                    evidence={"check": "eval_falling", "first": _num(acc[0]), "best": _num(acc[best]),
+                              "best_step": best_step, "last": _num(acc[-1])},
+                    fix=f"a lower learning_rate; fork from the checkpoint nearest step {best_step} "
+                        "(opd-lab runs fork RUN --step S); objective=topk_support", page="Compare"))
+    return found
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _objective_name(config: dict) -> str | None:
+    objective = config.get("objective")
+    if isinstance(objective, dict):
+        objective = objective.get("name")
+    return objective if isinstance(objective, str) else None
+
+
+def _token_columns(run_dir: Path) -> list[str]:
+    columns = list(dict.fromkeys(imbalance.COLUMNS + drift.COLUMNS + mismatch.COLUMNS + collapse.COLUMNS))
+    present = set(runs.token_schema_columns(run_dir))
+    if "student_support_mass" not in present or "topk_overlap" not in present:
+        columns += ["teacher_topk_ids", "student_topk_ids", "student_topk_logps"]  # for the estimates
+    return columns
+
+
+def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
+           thresholds: Thresholds = THRESHOLDS) -> HealthReport:
+    """Diagnose a run: the failure modes it shows, with evidence and the settings to try.
+
+    Reads only the needed token columns from at most ``max_token_steps`` logged steps (None: all).
+    """
+    run_dir = Path(run_dir)
+    if not runs.is_run_dir(run_dir):
+        raise DiagnosticsError(f"{run_dir} is not a run directory (no config.json or status.json); "
+                               "pass the folder `opd-lab train` printed")
+    config = runs.read_config(run_dir)
+    objective = _objective_name(config)
+    findings: list[Finding] = []
+    skipped: list[str] = []
+    tokens = read_run_tokens(run_dir, _token_columns(run_dir), max_token_steps)
+    if tokens.empty:
+        skipped.append("imbalance, drift, mismatch, collapse: no token records in tokens/ "
+                       "(set log_tokens_every to log them)")
+    else:
+        alignment = mismatch.load_alignment(run_dir)
+        if alignment is None:
+            skipped.append("alignment.json absent: mismatch judged from the token signal only")
+        findings += check_imbalance(tokens, objective, thresholds)
+        findings += check_drift(tokens, thresholds)
+        findings += check_mismatch(tokens, alignment, config, thresholds)
+        findings += check_collapse(tokens, config, thresholds)
+    metrics = runs.read_metrics(run_dir)
+    if len(metrics) == 0:
+        skipped.append("training checks: metrics.jsonl has no records")
+    else:
+        findings += check_training(run_dir, metrics, config, thresholds)
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    findings.sort(key=lambda f: order.get(f.severity, len(order)))
+    return HealthReport(run_dir=run_dir, findings=findings, skipped=skipped, objective=objective)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def format_report(report: HealthReport) -> str:
+    """The health report as the text `opd-lab report` prints: one block per finding, most severe first."""
+    lines = [f"Health report: {report.run_dir}" + (f"  (objective: {report.objective})" if report.objective else "")]
+    if not report.findings:
+        lines.append("No problems found: every check stayed under its threshold.")
+    for f in report.findings:
+        lines.append("")
+        lines.append(f"[{f.severity.upper()}] {f.mode}: {f.title}")
+        lines.append("  evidence: " + ", ".join(f"{k}={_format_value(v)}" for k, v in f.evidence.items()))
+        lines.append(f"  fix:      {f.fix}")
+        lines.append(f"  see:      the {f.page} page")
+    if report.skipped:
+        lines.append("")
+        lines.extend(f"(skipped) {note}" for note in report.skipped)
+    return "\n".join(lines)
