@@ -441,11 +441,14 @@ def _to_expression(filters: list) -> Any:
     """[(column, op, value), ...] -> a pyarrow dataset expression (AND of all)."""
     import pyarrow.compute as pc
 
+    ops = {"==": lambda f, v: f == v, "!=": lambda f, v: f != v, "<": lambda f, v: f < v,
+           "<=": lambda f, v: f <= v, ">": lambda f, v: f > v, ">=": lambda f, v: f >= v,
+           "in": lambda f, v: f.isin(list(v))}
     expr = None
     for col, op, value in filters:
-        f = pc.field(col)
-        term = {"==": f == value, "!=": f != value, "<": f < value, "<=": f <= value,
-                ">": f > value, ">=": f >= value, "in": f.isin(value)}[op]
+        if op not in ops:
+            raise ValueError(f"filter operator {op!r} is not supported; use one of {', '.join(ops)}")
+        term = ops[op](pc.field(col), value)
         expr = term if expr is None else expr & term
     return expr
 

@@ -1,0 +1,162 @@
+"""Plotly figure builders for the dashboard: each takes DataFrames (already computed by diagnostics) and
+returns a figure, so pages only choose data and every chart can be tested without a browser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+HEIGHT = 340
+SOURCE_COLOURS = {"student": "#d62728", "teacher": "#1f77b4"}
+KIND_COLOURS = {"format": "#9467bd", "digit": "#2ca02c", "special": "#d62728", "other": "#7f7f7f"}
+STAT_TITLES = {"teacher_entropy": "teacher entropy (nats)", "teacher_top1_prob": "teacher top-1 probability",
+               "teacher_rank": "teacher rank of the sampled token"}
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} needs columns {missing}; got {list(df.columns)} (pass the diagnostics output)")
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = HEIGHT) -> go.Figure:
+    fig.update_layout(title={"text": title, "x": 0, "font": {"size": 15}}, template="plotly_white", height=height,
+                      margin={"l": 10, "r": 10, "t": 45, "b": 10}, legend={"orientation": "h", "y": -0.2},
+                      xaxis_title=x, yaxis_title=y, hovermode="x unified")
+    return fig
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says why there is nothing to draw (instead of an empty axis)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    fig.update_layout(template="plotly_white", height=200, xaxis_visible=False, yaxis_visible=False,
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return fig
+
+
+def lorenz_figure(lorenz: pd.DataFrame, gini: float | None = None) -> go.Figure:
+    """Lorenz curve of |signal| against the line of perfect equality; the gap between them is the Gini."""
+    _require(lorenz, ["token_share", "signal_share"], "lorenz_figure")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="every token equal",
+                             line={"dash": "dash", "color": "#9ca3af"}))
+    label = "this run" if gini is None or math.isnan(gini) else f"this run (Gini {gini:.2f})"
+    fig.add_trace(go.Scatter(x=lorenz["token_share"], y=lorenz["signal_share"], mode="lines", name=label,
+                             fill="tonexty", line={"color": "#d62728", "width": 2.5}))
+    fig.update_xaxes(tickformat=".0%", range=[0, 1])
+    fig.update_yaxes(tickformat=".0%", range=[0, 1])
+    return _layout(fig, "Who carries the update: Lorenz curve of |signal|",
+                   "share of tokens (smallest |signal| first)", "share of total |signal|")
+
+
+def signal_by_position_figure(by_position: pd.DataFrame) -> go.Figure:
+    """Share of total |signal| per response-position range (bars) with the mean |signal| on hover."""
+    _require(by_position, ["label", "share", "mean_abs_signal"], "signal_by_position_figure")
+    fig = go.Figure(go.Bar(x=by_position["label"].astype(str), y=by_position["share"], marker_color="#1f77b4",
+                           customdata=by_position[["mean_abs_signal"]].to_numpy(),
+                           hovertemplate="positions %{x}<br>share %{y:.1%}<br>mean |signal| %{customdata[0]:.3g}"
+                                         "<extra></extra>"))
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_xaxes(type="category")
+    return _layout(fig, "Where in the response the signal sits", "token position", "share of total |signal|")
+
+
+def signal_by_kind_figure(by_kind: pd.DataFrame) -> go.Figure:
+    """Share of total |signal| per token kind (format, digit, special, other), with token counts."""
+    _require(by_kind, ["kind", "share", "n"], "signal_by_kind_figure")
+    total = max(int(by_kind["n"].sum()), 1)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=by_kind["kind"], y=by_kind["share"], name="share of |signal|",
+                         marker_color=[KIND_COLOURS.get(k, "#7f7f7f") for k in by_kind["kind"]],
+                         hovertemplate="%{x}: %{y:.1%} of |signal|<extra></extra>"))
+    fig.add_trace(go.Scatter(x=by_kind["kind"], y=by_kind["n"] / total, name="share of tokens", mode="markers",
+                             marker={"symbol": "line-ew-open", "size": 28, "color": "#111827", "line": {"width": 3}},
+                             hovertemplate="%{x}: %{y:.1%} of tokens<extra></extra>"))
+    fig.update_yaxes(tickformat=".0%")
+    return _layout(fig, "Signal by token kind", "token kind", "share")
+
+
+def negative_share_figure(negative: pd.DataFrame) -> go.Figure:
+    """Per step, the share of sampled-token rewards that are negative, with the 50% line."""
+    _require(negative, ["step", "negative_share"], "negative_share_figure")
+    fig = go.Figure(go.Scatter(x=negative["step"], y=negative["negative_share"], mode="lines+markers",
+                               name="negative rewards", line={"color": "#d62728"}))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#9ca3af")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1])
+    return _layout(fig, "Share of negative token rewards per step", "step", "log-ratio < 0")
+
+
+def teacher_vs_drift_figure(by_drift: pd.DataFrame, stat: str = "teacher_entropy",
+                            reference: dict | None = None) -> go.Figure:
+    """A teacher statistic per drift bin, one line per prefix source, against the teacher on its own rollouts."""
+    _require(by_drift, ["bin_label", "bin_mid", "prefix_source", "n", stat], "teacher_vs_drift_figure")
+    fig = go.Figure()
+    order = by_drift.drop_duplicates("bin_label").sort_values("bin_mid")["bin_label"].astype(str).tolist()
+    for source, part in by_drift.groupby("prefix_source", sort=True):
+        part = part.sort_values("bin_mid")
+        fig.add_trace(go.Scatter(
+            x=part["bin_label"].astype(str), y=part[stat], mode="lines+markers", name=f"{source} prefixes",
+            line={"color": SOURCE_COLOURS.get(str(source), "#7f7f7f"), "width": 2.5},
+            customdata=part[["n"]].to_numpy(), hovertemplate="%{x}: %{y:.3g} (n=%{customdata[0]})<extra></extra>"))
+    ref = (reference or {}).get(stat)
+    if ref is not None and not (isinstance(ref, float) and math.isnan(ref)):
+        fig.add_hline(y=float(ref), line_dash="dash", line_color=SOURCE_COLOURS["teacher"],
+                      annotation_text="teacher on its own rollouts", annotation_position="top left")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    measure = by_drift.attrs.get("measure", "drift")
+    return _layout(fig, f"{STAT_TITLES.get(stat, stat).capitalize()} as the prefix drifts",
+                   f"{measure} (binned)", STAT_TITLES.get(stat, stat))
+
+
+def support_figure(support: pd.DataFrame) -> go.Figure:
+    """The student's probability mass inside the teacher's top-K, and the top-K overlap, per step."""
+    _require(support, ["step"], "support_figure")
+    fig = go.Figure()
+    names = {"student_support_mass": "student mass in teacher top-K", "topk_overlap": "top-K overlap"}
+    for column, name in names.items():
+        if column in support:
+            fig.add_trace(go.Scatter(x=support["step"], y=support[column], mode="lines+markers", name=name))
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return _layout(fig, "Is the student staying on the teacher's support?", "step", "mean over tokens")
+
+
+def response_length_figure(trend: pd.DataFrame) -> go.Figure:
+    """Mean response length per step (runaway lengths are a symptom of an EOS the teacher does not know)."""
+    _require(trend, ["step", "response_len"], "response_length_figure")
+    fig = go.Figure(go.Scatter(x=trend["step"], y=trend["response_len"], mode="lines+markers",
+                               name="response length", line={"color": "#ff7f0e"}))
+    slope = trend.attrs.get("slope")
+    title = "Response length per step" + (f" (slope {slope:+.2f} tokens/step)" if isinstance(slope, float)
+                                          and math.isfinite(slope) else "")
+    return _layout(fig, title, "step", "tokens per response")
+
+
+def compare_figure(long: pd.DataFrame, metric: str, x_title: str = "step") -> go.Figure:
+    """One line per run of a metric (columns run, x, value), already smoothed by the caller."""
+    _require(long, ["run", "x", "value"], "compare_figure")
+    fig = go.Figure()
+    for run, part in long.groupby("run", sort=False):
+        fig.add_trace(go.Scatter(x=part["x"], y=part["value"], mode="lines+markers", marker={"size": 4},
+                                 name=str(run)))
+    return _layout(fig, f"{metric} by {x_title}", x_title, metric, height=420)
+
+
+def metrics_overview_figure(metrics: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
+    """Small multiples of a run's main metrics over steps (the Runs page's at-a-glance view)."""
+    _require(metrics, ["step"], "metrics_overview_figure")
+    present = [c for c in columns if c in metrics and metrics[c].notna().any()]
+    if not present:
+        return empty_figure("no metrics logged yet")
+    fig = make_subplots(rows=1, cols=len(present), subplot_titles=present, horizontal_spacing=0.06)
+    for i, column in enumerate(present, start=1):
+        part = metrics[["step", column]].dropna()
+        fig.add_trace(go.Scatter(x=part["step"], y=part[column], mode="lines+markers", name=column,
+                                 marker={"size": 4}, showlegend=False), row=1, col=i)
+    fig.update_layout(template="plotly_white", height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig

@@ -1,0 +1,207 @@
+"""Cached reads of run directories, keyed on file modification times, so pages stay fast and fresh.
+
+Every function takes a run directory and returns small, ready-to-draw results. The cache key includes
+the modification time (and size) of the files read, so a live run's new steps show on the next rerun
+while an unchanged run is never read twice. Big token tables are never cached whole: the cached
+functions return what diagnostics made of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from opd_core import runs
+
+# Columns each view reads; optional ones missing from a run are simply ignored by runs.read_tokens.
+IMBALANCE_COLUMNS = ("step", "sample", "pos", "token", "token_id", "is_special", "is_eos", "masked",
+                     "signal", "log_ratio", "prefix_source", "reference_only")
+DRIFT_COLUMNS = ("step", "sample", "pos", "prefix_source", "masked", "reference_only", "drift",
+                 "tokens_since_off_support", "prefix_wrong", "teacher_entropy", "teacher_top1_prob",
+                 "teacher_rank", "log_ratio", "signal", "student_support_mass", "topk_overlap")
+MISMATCH_COLUMNS = ("step", "sample", "pos", "token", "token_id", "teacher_token", "is_special", "is_eos",
+                    "masked", "signal", "log_ratio", "student_logp", "teacher_logp", "reference_only",
+                    "prefix_source")
+INSPECTOR_COLUMNS = ("step", "sample", "pos", "token_id", "token", "is_special", "is_eos", "masked",
+                     "prefix_source", "student_logp", "teacher_logp", "log_ratio", "student_entropy",
+                     "teacher_entropy", "teacher_top1_prob", "teacher_rank", "in_teacher_topk",
+                     "in_student_topp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
+                     "student_topk_logps", "teacher_topk_tokens", "student_topk_tokens", "signal", "token_loss",
+                     "drift", "tokens_since_off_support", "prefix_wrong", "student_support_mass", "topk_overlap",
+                     "teacher_token", "reference_only", "response_text", "prompt", "correct", "reward", "format_ok")
+DEFAULT_STEP_WINDOW = 8
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of a file, (0, 0) when absent: the part of a cache key that notices changes."""
+    try:
+        st_ = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st_.st_mtime_ns, st_.st_size)
+
+
+def run_stamp(run_dir: str | Path) -> tuple:
+    """A cheap fingerprint of everything a run's pages read (metrics, status, token files, alignment)."""
+    d = Path(run_dir)
+    return (_stamp(d / runs.METRICS_FILE), _stamp(d / runs.STATUS_FILE), _stamp(d / runs.CONFIG_FILE),
+            _stamp(d / runs.TOKENS_DIR), _stamp(d / "alignment.json"))
+
+
+def _token_stamp(run_dir: str | Path, steps: Sequence[int]) -> tuple:
+    return tuple(_stamp(runs.token_file(run_dir, s)) for s in steps)
+
+
+# ----------------------------------------------------------------------------- plain reads
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _metrics(path: str, stamp: tuple) -> pd.DataFrame:
+    return runs.read_metrics(path)
+
+
+def metrics(run_dir: str | Path) -> pd.DataFrame:
+    """All per-step metrics of a run (re-read only when metrics.jsonl changes)."""
+    return _metrics(str(run_dir), _stamp(Path(run_dir) / runs.METRICS_FILE))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _token_steps(path: str, stamp: tuple) -> list[int]:
+    return runs.token_steps(path)
+
+
+def token_steps(run_dir: str | Path) -> list[int]:
+    """Steps that have per-token records (re-listed only when the tokens folder changes)."""
+    return _token_steps(str(run_dir), _stamp(Path(run_dir) / runs.TOKENS_DIR))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _schema(path: str, stamp: tuple) -> list[str]:
+    return runs.token_schema_columns(path)
+
+
+def token_columns(run_dir: str | Path) -> list[str]:
+    """Columns present in the run's token records."""
+    return _schema(str(run_dir), _stamp(Path(run_dir) / runs.TOKENS_DIR))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _tokens(path: str, steps: tuple[int, ...], columns: tuple[str, ...], filters: tuple, stamp: tuple) -> pd.DataFrame:
+    return runs.read_tokens(path, steps=list(steps), columns=list(columns), filters=list(filters) or None)
+
+
+def tokens(run_dir: str | Path, steps: Sequence[int], columns: Sequence[str],
+           filters: Sequence[tuple[str, str, Any]] = ()) -> pd.DataFrame:
+    """Token records of a few steps and columns (use for small reads: one sample, one step)."""
+    steps = tuple(int(s) for s in steps)
+    return _tokens(str(run_dir), steps, tuple(columns), tuple(filters), _token_stamp(run_dir, steps))
+
+
+def default_steps(steps: Sequence[int], window: int = DEFAULT_STEP_WINDOW) -> list[int]:
+    """The last ``window`` logged steps: what a page analyses until the user widens it."""
+    return list(steps)[-window:]
+
+
+# ----------------------------------------------------------------------------- diagnostics views
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _health(path: str, stamp: tuple) -> Any:
+    from opd_core.diagnostics import health
+
+    return health(path)
+
+
+def health_report(run_dir: str | Path) -> Any:
+    """The run's HealthReport (opd_core.diagnostics.health), recomputed only when the run changes."""
+    return _health(str(run_dir), run_stamp(run_dir))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _imbalance(path: str, steps: tuple[int, ...], stamp: tuple) -> dict:
+    from opd_core.diagnostics import imbalance
+
+    tok = runs.read_tokens(path, steps=list(steps), columns=list(IMBALANCE_COLUMNS))
+    trained = tok[~tok["reference_only"].astype(bool)] if "reference_only" in tok else tok
+    values = trained["signal"] if "signal" in trained else pd.Series(dtype=float)
+    return {
+        "summary": imbalance.summary(trained),
+        "lorenz": imbalance.lorenz_curve(values.to_numpy()),
+        "by_position": imbalance.signal_by_position(trained),
+        "by_kind": imbalance.signal_by_kind(trained),
+        "negative_share": imbalance.negative_reward_share_by_step(trained),
+        "top_tokens": imbalance.top_tokens(trained, n=20),
+    }
+
+
+def imbalance_view(run_dir: str | Path, steps: Sequence[int]) -> dict:
+    """Everything the Imbalance page draws, for the chosen steps."""
+    steps = tuple(int(s) for s in steps)
+    return _imbalance(str(run_dir), steps, _token_stamp(run_dir, steps))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _top_tokens(path: str, steps: tuple[int, ...], n: int, stamp: tuple) -> pd.DataFrame:
+    from opd_core.diagnostics import imbalance
+
+    tok = runs.read_tokens(path, steps=list(steps), columns=list(IMBALANCE_COLUMNS))
+    if "reference_only" in tok:
+        tok = tok[~tok["reference_only"].astype(bool)]
+    return imbalance.top_tokens(tok, n=n)
+
+
+def top_tokens(run_dir: str | Path, steps: Sequence[int], n: int = 20) -> pd.DataFrame:
+    """The tokens carrying the largest |signal| in the chosen steps (the Token inspector's jump list)."""
+    steps = tuple(int(s) for s in steps)
+    return _top_tokens(str(run_dir), steps, n, _token_stamp(run_dir, steps))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _drift(path: str, steps: tuple[int, ...], measure: str, bins: int, stamp: tuple) -> dict:
+    from opd_core.diagnostics import collapse, drift
+
+    tok = runs.read_tokens(path, steps=list(steps), columns=list(DRIFT_COLUMNS))
+    has_support = "student_support_mass" in tok or "topk_overlap" in tok
+    return {
+        "by_drift": drift.teacher_stats_by_drift(tok, measure=measure, bins=bins),
+        "reference": drift.reference_stats(tok),
+        "summary": drift.summary(tok),
+        "support": collapse.support_by_step(tok) if has_support else None,
+        "collapse": collapse.summary(tok) if has_support else None,
+    }
+
+
+def drift_view(run_dir: str | Path, steps: Sequence[int], measure: str, bins: int = 8) -> dict:
+    """Everything the Teacher under drift page draws, for the chosen steps and drift measure."""
+    steps = tuple(int(s) for s in steps)
+    return _drift(str(run_dir), steps, measure, int(bins), _token_stamp(run_dir, steps))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _mismatch(path: str, steps: tuple[int, ...], stamp: tuple, metrics_stamp: tuple) -> dict:
+    from opd_core.diagnostics import imbalance, mismatch
+
+    tok = runs.read_tokens(path, steps=list(steps), columns=list(MISMATCH_COLUMNS))
+    if "reference_only" in tok:
+        tok = tok[~tok["reference_only"].astype(bool)]
+    alignment = mismatch.load_alignment(path)
+    return {
+        "alignment": alignment,
+        "summary": mismatch.summary(tok, alignment),
+        "special_share": mismatch.special_signal_share(tok),
+        "eos_share": mismatch.eos_signal_share(tok),
+        "largest": mismatch.largest_log_ratios(tok, n=20),
+        "length_trend": mismatch.response_length_trend(runs.read_metrics(path)),
+        "by_kind": imbalance.signal_by_kind(tok),
+    }
+
+
+def mismatch_view(run_dir: str | Path, steps: Sequence[int]) -> dict:
+    """Everything the Tokenizer mismatch page draws, for the chosen steps."""
+    steps = tuple(int(s) for s in steps)
+    return _mismatch(str(run_dir), steps, _token_stamp(run_dir, steps) + (_stamp(Path(run_dir) / "alignment.json"),),
+                     _stamp(Path(run_dir) / runs.METRICS_FILE))

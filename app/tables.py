@@ -1,0 +1,114 @@
+"""Shape run metadata and metrics into the tables and series the Runs and Compare pages show.
+
+Only presentation-level shaping lives here (last values, smoothing a curve for display, cumulative
+tokens for the x axis); analyses of token records belong to ``opd_core.diagnostics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from opd_core.runs import RunSummary
+
+LAST_METRICS = ("loss", "eval_accuracy", "response_len", "grad_norm", "signal_gini")
+SETTING_KEYS = ("lmbda", "temperature", "top_p", "top_k", "max_new_tokens", "mask_special_tokens", "learning_rate")
+X_AXES = {"step": "step", "tokens seen": "tokens"}
+
+
+def last_value(metrics: pd.DataFrame, column: str) -> float | None:
+    """The last logged (non-missing) value of a metric, or None."""
+    if column not in metrics:
+        return None
+    values = pd.to_numeric(metrics[column], errors="coerce").dropna()
+    return float(values.iloc[-1]) if len(values) else None
+
+
+def key_settings(config: Mapping) -> str:
+    """The settings that tell runs apart, as one short line (objective parameters included)."""
+    parts = [f"{k}={v}" for k, v in (config.get("objective_params") or {}).items()]
+    parts += [f"{k}={config[k]}" for k in SETTING_KEYS if k in config]
+    return ", ".join(parts)
+
+
+def flags_text(report: object) -> str:
+    """Health findings worth a flag (warning or critical), as one line; empty when the run looks healthy."""
+    findings = [f for f in getattr(report, "findings", []) or [] if f.severity in ("warning", "critical")]
+    if not findings:
+        return ""
+    order = {"critical": 0, "warning": 1}
+    findings = sorted(findings, key=lambda f: order[f.severity])
+    return "; ".join(f"[{f.severity}] {f.title}" for f in findings)
+
+
+def run_row(key: str, label: str, summary: RunSummary, metrics: pd.DataFrame, report: object) -> dict:
+    """One row of the Runs table."""
+    progress = f"{summary.step or 0}/{summary.total_steps}" if summary.total_steps else str(summary.step or 0)
+    row = {"key": key, "run": label, "status": summary.state + (" (stale)" if summary.stale else ""),
+           "objective": summary.objective or "", "progress": progress,
+           "student": summary.student or "", "teacher": summary.teacher or "",
+           "settings": key_settings(summary.config)}
+    for column in LAST_METRICS:
+        row[column] = last_value(metrics, column)
+    row["flags"] = flags_text(report)
+    return row
+
+
+def numeric_metrics(frames: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Metric columns that are numeric in at least one run (the Compare page's choices), step excluded."""
+    names: list[str] = []
+    for df in frames.values():
+        for column in df.columns:
+            if column != "step" and column not in names and pd.api.types.is_numeric_dtype(df[column]):
+                names.append(column)
+    return names
+
+
+def metric_series(metrics: pd.DataFrame, metric: str, x: str = "step", smoothing: float = 0.0) -> pd.DataFrame:
+    """(x, value) of one run's metric for plotting: x is the step or the cumulative tokens seen, and the
+    value is exponentially smoothed with weight ``smoothing`` in [0, 1) (0 = raw), as TensorBoard does.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if x not in X_AXES.values():
+        raise ValueError(f"x must be one of {list(X_AXES.values())}, got {x!r}")
+    if metric not in metrics or "step" not in metrics:
+        return pd.DataFrame(columns=["x", "value"])
+    df = metrics.sort_values("step")
+    xs = df["step"] if x == "step" else pd.to_numeric(df.get("tokens"), errors="coerce").fillna(0).cumsum()
+    frame = pd.DataFrame({"x": xs.to_numpy(), "value": pd.to_numeric(df[metric], errors="coerce").to_numpy()})
+    frame = frame.dropna(subset=["value"])
+    if smoothing > 0 and len(frame):
+        frame["value"] = frame["value"].ewm(alpha=1.0 - smoothing, adjust=False).mean()
+    return frame.reset_index(drop=True)
+
+
+def compare_long(frames: Mapping[str, pd.DataFrame], metric: str, x: str, smoothing: float) -> pd.DataFrame:
+    """Every run's series of one metric in one long table (run, x, value) for the overlay chart and CSV."""
+    parts = [metric_series(df, metric, x, smoothing).assign(run=name) for name, df in frames.items()]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["run", "x", "value"])
+    return pd.concat(parts, ignore_index=True)[["run", "x", "value"]]
+
+
+def compare_summary(frames: Mapping[str, pd.DataFrame], flags: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The Compare table: final and best eval accuracy, mean gradient norm, final response length, flags."""
+    flags = flags or {}
+    rows = []
+    for name, df in frames.items():
+        acc = pd.to_numeric(df["eval_accuracy"], errors="coerce").dropna() if "eval_accuracy" in df else pd.Series()
+        grad = pd.to_numeric(df["grad_norm"], errors="coerce").dropna() if "grad_norm" in df else pd.Series()
+        rows.append({
+            "run": name,
+            "steps": int(df["step"].max()) + 1 if "step" in df and len(df) else 0,
+            "final_eval_accuracy": float(acc.iloc[-1]) if len(acc) else np.nan,
+            "best_eval_accuracy": float(acc.max()) if len(acc) else np.nan,
+            "mean_grad_norm": float(grad.mean()) if len(grad) else np.nan,
+            "final_response_len": last_value(df, "response_len"),
+            "flags": flags.get(name, ""),
+        })
+    return pd.DataFrame(rows, columns=["run", "steps", "final_eval_accuracy", "best_eval_accuracy",
+                                       "mean_grad_norm", "final_response_len", "flags"])

@@ -1,0 +1,268 @@
+"""Render a response as a strip of coloured tokens whose hover card shows both models' top-K candidates.
+
+Token text is untrusted (a model can emit ``<script>``), so every string that reaches the HTML goes
+through :func:`html.escape`; the hover cards are pure CSS (``:hover`` / ``:focus``), so no script is
+needed and none is allowed. Output is a plain HTML string for ``st.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from plotly.colors import sample_colorscale
+
+# Columns whose sign means something (positive = the teacher likes the token more than the student).
+SIGNED_COLUMNS = frozenset({"signal", "log_ratio", "token_loss", "drift", "reward"})
+BOOLEAN_COLOURS = {True: "#f28e2b", False: "#e8eaed"}
+MISSING_COLOUR = "#ffffff"
+VISIBLE_WHITESPACE = str.maketrans({"\n": "⏎", "\t": "⇥", "\r": "␍"})
+
+STRIP_CSS = """
+<style>
+.opd-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.92rem;line-height:2.1;
+  padding:0.4rem 0.2rem;}
+.opd-tok{position:relative;display:inline-block;white-space:pre;padding:0 2px;margin:1px 1px;border-radius:3px;
+  cursor:pointer;outline:none;border:1px solid transparent;}
+.opd-tok:hover,.opd-tok:focus{border-color:#1f2937;}
+.opd-tok.opd-masked{opacity:0.45;text-decoration:line-through;}
+.opd-tok.opd-special{border-style:dashed;border-color:#6b7280;}
+.opd-tok.opd-top{box-shadow:0 0 0 2px #7c3aed;}
+.opd-tip{visibility:hidden;opacity:0;position:absolute;z-index:1000;left:0;top:1.9rem;min-width:21rem;
+  background:#ffffff;color:#111827;border:1px solid #d1d5db;border-radius:6px;padding:0.45rem 0.55rem;
+  box-shadow:0 6px 18px rgba(0,0,0,0.18);font-size:0.78rem;line-height:1.35;white-space:normal;}
+.opd-tok:hover .opd-tip,.opd-tok:focus .opd-tip{visibility:visible;opacity:1;}
+.opd-tip table{border-collapse:collapse;width:100%;margin-top:0.3rem;}
+.opd-tip th,.opd-tip td{padding:1px 6px;text-align:left;border-bottom:1px solid #f3f4f6;white-space:pre;}
+.opd-tip td.num{text-align:right;font-variant-numeric:tabular-nums;}
+.opd-tip tr.opd-hit td{font-weight:700;}
+.opd-legend{display:flex;align-items:center;gap:0.5rem;font-size:0.8rem;color:#374151;margin:0.2rem 0 0.4rem;}
+.opd-legend .bar{height:0.7rem;width:14rem;border-radius:3px;border:1px solid #d1d5db;}
+.opd-legend .chip{display:inline-block;width:0.9rem;height:0.9rem;border-radius:3px;vertical-align:middle;
+  border:1px solid #d1d5db;margin-right:0.2rem;}
+</style>
+"""
+
+
+@dataclass(frozen=True)
+class ColorScale:
+    """How values of one column become colours: kind is 'diverging', 'sequential' or 'boolean'."""
+
+    column: str
+    kind: str
+    lo: float = 0.0
+    hi: float = 1.0
+    colorscale: str = "YlOrRd"
+
+    def colours(self, values: pd.Series) -> list[str]:
+        """One CSS colour per value (white for missing values)."""
+        if self.kind == "boolean":
+            return [MISSING_COLOUR if pd.isna(v) else BOOLEAN_COLOURS[bool(v)] for v in values]
+        x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        span = self.hi - self.lo if self.hi > self.lo else 1.0
+        t = np.clip((x - self.lo) / span, 0.0, 1.0)
+        ok = np.isfinite(t)
+        sampled = sample_colorscale(self.colorscale, t[ok].tolist()) if ok.any() else []
+        out = [MISSING_COLOUR] * len(t)
+        for i, colour in zip(np.flatnonzero(ok), sampled):
+            out[i] = colour
+        return out
+
+
+def color_scale(values: pd.Series, column: str, clip_quantile: float = 0.95) -> ColorScale:
+    """Choose a legend for a column: diverging around 0 when it has a sign, robust to a few huge values.
+
+    The range is clipped at the ``clip_quantile`` of |value| so one -58 at EOS does not wash every
+    other token out to white; clipped tokens show the extreme colour and their exact value on hover.
+    """
+    if values.dtype == bool or column.startswith(("is_", "in_")) or column in ("masked", "prefix_wrong", "correct"):
+        return ColorScale(column, "boolean")
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return ColorScale(column, "sequential")
+    signed = column in SIGNED_COLUMNS or (x.min() < 0 < x.max())
+    if signed:
+        m = float(np.quantile(np.abs(x), clip_quantile)) or float(np.abs(x).max()) or 1.0
+        return ColorScale(column, "diverging", -m, m, "RdBu")
+    lo, hi = float(np.quantile(x, 1 - clip_quantile)), float(np.quantile(x, clip_quantile))
+    if hi <= lo:
+        lo, hi = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0
+    return ColorScale(column, "sequential", lo, hi, "YlOrRd")
+
+
+def _text_colour(background: str) -> str:
+    """Black or white text, whichever reads better on the background."""
+    if background.startswith("#"):
+        r, g, b = (int(background[i:i + 2], 16) for i in (1, 3, 5))
+    else:
+        r, g, b = (float(v) for v in background[background.index("(") + 1:-1].split(","))
+    return "#111827" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#ffffff"
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    try:
+        return f"{float(value):.{digits}g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def display_token(text: object) -> str:
+    """A token's text with invisible characters made visible, HTML-escaped."""
+    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+    return html.escape(s.translate(VISIBLE_WHITESPACE) or "∅", quote=True)
+
+
+def _as_list(value: object) -> list:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return list(value)
+
+
+def _candidate_rows(row: dict | pd.Series, k: int | None) -> list[tuple]:
+    """(rank, teacher token, teacher p, student token, student p, teacher id, student id) rows."""
+    get = row.get
+    cols = {}
+    for who in ("teacher", "student"):
+        ids = _as_list(get(f"{who}_topk_ids"))
+        logps = _as_list(get(f"{who}_topk_logps"))
+        names = _as_list(get(f"{who}_topk_tokens")) or [f"#{int(i)}" for i in ids]
+        n = min(len(names), len(logps)) if logps else len(names)
+        cols[who] = (names[:n], [math.exp(float(lp)) for lp in logps[:n]], ids[:n])
+    depth = max(len(cols["teacher"][0]), len(cols["student"][0]))
+    if k is not None:
+        depth = min(depth, k)
+
+    def at(seq: list, i: int, fill: object) -> object:
+        return seq[i] if i < len(seq) else fill
+
+    t_names, t_probs, t_ids = cols["teacher"]
+    s_names, s_probs, s_ids = cols["student"]
+    nan = float("nan")
+    return [(i + 1, at(t_names, i, ""), at(t_probs, i, nan), at(s_names, i, ""), at(s_probs, i, nan),
+             at(t_ids, i, None), at(s_ids, i, None)) for i in range(depth)]
+
+
+CANDIDATE_COLUMNS = ["rank", "teacher_token", "teacher_prob", "student_token", "student_prob", "teacher_id",
+                     "student_id"]
+
+
+def candidates(row: pd.Series | dict, k: int | None = None) -> pd.DataFrame:
+    """The teacher's and the student's top-K candidates at one position, side by side, with probabilities.
+
+    Candidate strings come from ``*_topk_tokens`` when the engine logged them, ids otherwise;
+    probabilities are exp(log-prob).
+    """
+    return pd.DataFrame(_candidate_rows(row, k), columns=CANDIDATE_COLUMNS)
+
+
+def _tooltip(row: dict, column: str, k: int) -> str:
+    sampled_id = row.get("token_id")
+    head = (f"<b>pos {_fmt(row.get('pos'))}</b> · token <b>{display_token(row.get('token'))}</b>"
+            f" · {html.escape(column)} = <b>{_fmt(row.get(column))}</b><br>"
+            f"log p student {_fmt(row.get('student_logp'))} · teacher {_fmt(row.get('teacher_logp'))}"
+            f" · teacher rank {_fmt(row.get('teacher_rank'))}")
+    teacher_read = row.get("teacher_token")
+    if isinstance(teacher_read, str) and teacher_read != row.get("token"):
+        head += f"<br>teacher read it as <b>{display_token(teacher_read)}</b>"
+    flags = [name for name in ("masked", "is_special") if bool(row.get(name, False))]
+    if flags:
+        head += "<br>" + ", ".join(html.escape(f) for f in flags)
+    cand = _candidate_rows(row, k)
+    if not cand:
+        return head + "<br><i>no top-K candidates logged</i>"
+    body = []
+    for rank, t_tok, t_p, s_tok, s_p, t_id, s_id in cand:
+        hit = sampled_id is not None and (t_id == sampled_id or s_id == sampled_id)
+        body.append(
+            f"<tr class='{'opd-hit' if hit else ''}'><td>{rank}</td>"
+            f"<td>{display_token(t_tok)}</td><td class='num'>{_fmt(t_p, 2)}</td>"
+            f"<td>{display_token(s_tok)}</td><td class='num'>{_fmt(s_p, 2)}</td></tr>"
+        )
+    return (head + "<table><tr><th>#</th><th>teacher</th><th>p</th><th>student</th><th>p</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def legend_html(scale: ColorScale) -> str:
+    """A small legend for a colour scale (a gradient bar with its ends, or two chips for yes/no)."""
+    name = html.escape(scale.column)
+    if scale.kind == "boolean":
+        return (f"<div class='opd-legend'><b>{name}</b>"
+                f"<span><span class='chip' style='background:{BOOLEAN_COLOURS[True]}'></span>yes</span>"
+                f"<span><span class='chip' style='background:{BOOLEAN_COLOURS[False]}'></span>no</span></div>")
+    stops = sample_colorscale(scale.colorscale, [i / 8 for i in range(9)])
+    gradient = f"linear-gradient(to right,{','.join(stops)})"
+    middle = "0" if scale.kind == "diverging" else _fmt((scale.lo + scale.hi) / 2)
+    note = " red: teacher gives the token less than the student; blue: more" if scale.column in (
+        "signal", "log_ratio") else ""
+    return (f"<div class='opd-legend'><b>{name}</b><span>{_fmt(scale.lo)}</span>"
+            f"<span class='bar' style='background:{gradient}'></span><span>{_fmt(scale.hi)}</span>"
+            f"<span>(centre {middle}; values beyond the ends are clipped){html.escape(note)}</span></div>")
+
+
+def token_strip_html(
+    tokens: pd.DataFrame,
+    color_by: str,
+    *,
+    top_k: int = 5,
+    highlight: Iterable[int] = (),
+    hide_masked: bool = False,
+    hide_special: bool = False,
+    scale: ColorScale | None = None,
+    legend: bool = True,
+) -> str:
+    """HTML for one response: tokens in ``pos`` order, coloured by ``color_by``, each with a hover card.
+
+    ``highlight`` marks positions (e.g. the largest |signal|) with an outline; masked and special
+    tokens are struck through / dashed, or left out with ``hide_masked`` / ``hide_special``.
+    """
+    if color_by not in tokens.columns:
+        raise ValueError(f"column {color_by!r} is not in the token records; pick one of {sorted(tokens.columns)}")
+    df = tokens.sort_values("pos") if "pos" in tokens else tokens
+    if hide_masked and "masked" in df:
+        df = df[~df["masked"].astype(bool)]
+    if hide_special and "is_special" in df:
+        df = df[~df["is_special"].astype(bool)]
+    scale = scale or color_scale(tokens[color_by], color_by)
+    colours = scale.colours(df[color_by])
+    marked = {int(p) for p in highlight}
+    spans = []
+    for row, colour in zip(df.to_dict("records"), colours):
+        classes = ["opd-tok"]
+        if bool(row.get("masked", False)):
+            classes.append("opd-masked")
+        if bool(row.get("is_special", False)):
+            classes.append("opd-special")
+        pos = int(row["pos"]) if pd.notna(row.get("pos")) else -1
+        if pos in marked:
+            classes.append("opd-top")
+        spans.append(
+            f"<span class='{' '.join(classes)}' tabindex='0' data-pos='{pos}' "
+            f"style='background:{colour};color:{_text_colour(colour)}'>{display_token(row.get('token'))}"
+            f"<span class='opd-tip'>{_tooltip(row, color_by, top_k)}</span></span>"
+        )
+    parts = [STRIP_CSS]
+    if legend:
+        parts.append(legend_html(scale))
+    parts.append(f"<div class='opd-strip'>{''.join(spans) or '<i>no tokens to show</i>'}</div>")
+    return "".join(parts)
+
+
+def colourable_columns(columns: Sequence[str]) -> list[str]:
+    """Per-token columns worth colouring by, in a sensible order, limited to those present."""
+    preferred = ["signal", "log_ratio", "teacher_entropy", "teacher_rank", "teacher_top1_prob", "drift",
+                 "tokens_since_off_support", "student_logp", "teacher_logp", "student_entropy", "token_loss",
+                 "student_support_mass", "topk_overlap", "masked", "is_special", "in_teacher_topk",
+                 "in_student_topp", "prefix_wrong"]
+    present = set(columns)
+    return [c for c in preferred if c in present]

@@ -1,0 +1,135 @@
+"""Reusable Streamlit pieces every page shares: the run pickers (kept across pages and in the URL), the
+step-window picker, the empty-state notice and a chart with its how-to-read caption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import state
+from app.navigation import page
+from app.sources import RunRef, discover_runs, resolve_run_key, run_sources
+
+RUN_STATE = "opd_run"
+RUNS_STATE = "opd_runs"
+_RUN_WIDGET = "_w_run"
+_RUNS_WIDGET = "_w_runs"
+_URL_SEEN = "_opd_url_run"  # the ?run= value last written or adopted, so only a *new* link overrides a choice
+
+
+def header(title: str, intro: str) -> None:
+    """Page title and one sentence saying what the page answers."""
+    st.title(title)
+    st.caption(intro)
+
+
+def runs_or_notice() -> list[RunRef]:
+    """All visible runs; when there are none, say where we looked and how to make one, and stop the page."""
+    refs = discover_runs()
+    if not refs:
+        folders = ", ".join(f"`{p}`" for p in run_sources().values())
+        st.info(f"No runs found yet (looked in {folders}). Start one with "
+                "`opd-lab train baseline` (a shipped example), or point the dashboard at a folder of runs with "
+                "`opd-lab --runs-dir PATH`.", icon=":material/info:")
+        st.stop()
+    return refs
+
+
+def _adopt_url_run(refs: Sequence[RunRef]) -> None:
+    """A `?run=` in the URL (a shared link, a page link) selects that run when it is one of ours."""
+    key = st.query_params.get("run")
+    if key is None or key == st.session_state.get(_URL_SEEN) or key == st.session_state.get(RUN_STATE):
+        return
+    st.session_state[_URL_SEEN] = key
+    ref = resolve_run_key(key)
+    if ref is not None and ref.key in {r.key for r in refs}:
+        st.session_state[RUN_STATE] = ref.key
+    else:
+        st.warning("The run named in the link is not available here; showing another run.", icon=":material/link_off:")
+
+
+def _remember(widget_key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state[widget_key]
+
+
+def pick_run(refs: Sequence[RunRef], label: str = "Run") -> RunRef:
+    """Select one run; the choice follows the user from page to page and is written to the URL."""
+    _adopt_url_run(refs)
+    by_key = {r.key: r for r in refs}
+    current = st.session_state.get(RUN_STATE)
+    if current not in by_key:
+        current = refs[0].key
+    st.session_state[RUN_STATE] = current
+    st.session_state[_RUN_WIDGET] = current
+    choice = st.selectbox(label, list(by_key), key=_RUN_WIDGET, format_func=lambda k: by_key[k].label,
+                          on_change=_remember, args=(_RUN_WIDGET, RUN_STATE),
+                          help="Sample runs ship with OPD Lab; your runs come from --runs-dir.")
+    st.query_params["run"] = choice
+    st.session_state[_URL_SEEN] = choice
+    return by_key[choice]
+
+
+def pick_runs(refs: Sequence[RunRef], label: str = "Runs", default_count: int = 4) -> list[RunRef]:
+    """Select several runs (for Compare); the choice is kept across pages."""
+    by_key = {r.key: r for r in refs}
+    current = [k for k in st.session_state.get(RUNS_STATE, []) if k in by_key]
+    if not current:
+        current = list(by_key)[:default_count]
+    st.session_state[RUNS_STATE] = current
+    st.session_state[_RUNS_WIDGET] = current
+    chosen = st.multiselect(label, list(by_key), key=_RUNS_WIDGET, format_func=lambda k: by_key[k].label,
+                            on_change=_remember, args=(_RUNS_WIDGET, RUNS_STATE))
+    return [by_key[k] for k in chosen]
+
+
+def set_selected_runs(keys: Sequence[str]) -> None:
+    """Hand a selection to the Compare page (used by the Runs page)."""
+    st.session_state[RUNS_STATE] = list(keys)
+
+
+def pick_step_window(run: RunRef, steps: Sequence[int], key: str) -> list[int]:
+    """Choose which logged steps a page analyses (default: the last few, so big runs stay fast)."""
+    if len(steps) <= 1:
+        if steps:
+            st.caption(f"Analysing the only logged step, {steps[0]}.")
+        return list(steps)
+    default = state.default_steps(steps)
+    lo, hi = st.select_slider("Logged steps analysed", options=list(steps), value=(default[0], default[-1]),
+                              key=f"{key}:{run.key}",
+                              help="Token records of these steps are read. Widen to all steps for the whole run "
+                                   "(slower on very large runs).")
+    return [s for s in steps if lo <= s <= hi]
+
+
+def no_tokens_notice(run: RunRef) -> None:
+    """Say that a run has no per-token records (yet) and stop the page."""
+    st.info(f"Run {run.label} has no per-token records yet: the trainer writes them every "
+            "`log_tokens_every` steps. Metrics are on the Runs and Compare pages.", icon=":material/hourglass:")
+    st.stop()
+
+
+def chart(fig: go.Figure, how_to_read: str, key: str | None = None) -> None:
+    """A plotly figure full-width, with a sentence under it saying how to read it."""
+    st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})
+    st.caption(how_to_read)
+
+
+def link_to(title: str, run: RunRef | None = None, label: str | None = None) -> None:
+    """A link to another page (by title), carrying the current run in the URL."""
+    target = page(title)
+    if target is None:
+        return
+    st.page_link(target, label=label or f"Open {title}", icon=":material/arrow_forward:",
+                 query_params={"run": run.key} if run else None)
+
+
+def fmt(value: object, spec: str = ".3g") -> str:
+    """A number for a metric tile ('–' for missing)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if v != v else format(v, spec)

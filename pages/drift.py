@@ -1,0 +1,51 @@
+"""Teacher under drift page (failure mode 2): does the teacher stay reliable on the student's prefixes?"""
+
+import streamlit as st
+
+from app import charts, state, widgets
+
+MEASURES = {"tokens_since_off_support": "tokens since leaving the teacher's top-p support",
+            "drift": "cumulative log-ratio so far (drift)", "prefix_wrong": "an earlier step is already wrong"}
+
+widgets.header("Teacher under drift", "Failure mode 2 — once the student's prefix drifts off what the teacher "
+                                      "knows, the teacher's guidance goes flat or confidently wrong.")
+refs = widgets.runs_or_notice()
+run = widgets.pick_run(refs)
+steps = state.token_steps(run.path)
+if not steps:
+    widgets.no_tokens_notice(run)
+chosen = widgets.pick_step_window(run, steps, "drift_steps")
+present = set(state.token_columns(run.path))
+measures = [m for m in MEASURES if m in present]
+if not measures:
+    st.info("This run's token records have no drift measure (drift, tokens_since_off_support or prefix_wrong).",
+            icon=":material/info:")
+    st.stop()
+c1, c2, c3 = st.columns([2, 2, 1])
+measure = c1.selectbox("Drift measured as", measures, format_func=MEASURES.get, key="drift_measure")
+stat = c2.selectbox("Teacher statistic", list(charts.STAT_TITLES), format_func=charts.STAT_TITLES.get,
+                    key="drift_stat")
+bins = c3.slider("Bins", 2, 12, 8, key="drift_bins")
+view = state.drift_view(run.path, chosen, measure, bins)
+summary = view["summary"]
+
+c = st.columns(4)
+c[0].metric("teacher entropy, drifted", widgets.fmt(summary.get("teacher_entropy_drifted")))
+c[1].metric("…on-support prefixes", widgets.fmt(summary.get("teacher_entropy_undrifted")))
+c[2].metric("…its own rollouts", widgets.fmt(summary.get("teacher_entropy_reference")),
+            help="Teacher-prefix rollouts, logged as the reference line (not trained on).")
+c[3].metric("drifted share of tokens", widgets.fmt(summary.get("drifted_share"), ".0%"))
+
+widgets.chart(charts.teacher_vs_drift_figure(view["by_drift"], stat, view["reference"]),
+              "Each point is the mean teacher statistic over tokens in that drift bin. If the red line (student "
+              "prefixes) climbs in entropy or falls in top-1 probability as drift grows while the dashed line "
+              "(teacher on its own rollouts) stays low, the teacher is guessing where the student drifted.")
+if not view["reference"].get("n"):
+    st.caption("This run logged no teacher-prefix rollouts, so there is no reference line; set lmbda > 0 (or use "
+               "OPD Lab's engine, which logs a few as the reference) to see the teacher on its own prefixes.")
+if view["support"] is not None and len(view["support"]):
+    widgets.chart(charts.support_figure(view["support"]),
+                  "The student's probability mass inside the teacher's top-K per step. A fall toward zero is "
+                  "support collapse: the student has left the tokens the teacher can vouch for.")
+with st.expander("Numbers behind the chart"):
+    st.dataframe(view["by_drift"], hide_index=True, width="stretch")

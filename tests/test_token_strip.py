@@ -1,0 +1,121 @@
+"""The token strip: untrusted token text is escaped, colours follow the column's sign, and the hover card
+holds both models' top-K candidates with probabilities exp(log-prob)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from app.token_strip import candidates, color_scale, colourable_columns, token_strip_html
+
+SCRIPT = "<script>alert('x')</script>"
+IMG = '<img src=x onerror="alert(1)">'
+
+
+def _rows(tokens: list[str], signal: list[float] | None = None, **extra) -> pd.DataFrame:
+    n = len(tokens)
+    df = pd.DataFrame({
+        "pos": range(n), "token": tokens, "token_id": range(10, 10 + n),
+        "signal": signal if signal is not None else [0.0] * n,
+        "masked": [False] * n, "is_special": [False] * n,
+        "teacher_topk_ids": [[10 + i, 99] for i in range(n)],
+        "teacher_topk_logps": [[math.log(0.7), math.log(0.2)] for _ in range(n)],
+        "student_topk_ids": [[99, 10 + i] for i in range(n)],
+        "student_topk_logps": [[math.log(0.6), math.log(0.3)] for _ in range(n)],
+    })
+    for key, values in extra.items():
+        df[key] = values
+    return df
+
+
+def test_script_and_onerror_tokens_are_escaped_not_live_markup() -> None:
+    rows = _rows([SCRIPT, IMG, "ok"], teacher_topk_tokens=[[SCRIPT, IMG]] * 3, student_topk_tokens=[[IMG, "a"]] * 3,
+                 teacher_token=[IMG, "b", "ok"])
+    html = token_strip_html(rows, "signal")
+    assert "<script" not in html.lower()
+    assert "<img" not in html.lower()
+    assert "&lt;script&gt;" in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    # Only our own tags appear: every tag name in the output is one the renderer writes.
+    assert set(re.findall(r"<([a-zA-Z]+)", html)) <= {"style", "div", "span", "b", "br", "table", "tr", "th", "td", "i"}
+
+
+def test_signed_column_gets_a_diverging_scale_centred_on_zero() -> None:
+    scale = color_scale(pd.Series([-2.0, -1.0, 0.0, 1.0, 2.0]), "signal", clip_quantile=1.0)
+    assert scale.kind == "diverging"
+    assert scale.lo == -scale.hi == -2.0
+    neg, mid, pos = scale.colours(pd.Series([-2.0, 0.0, 2.0]))
+
+    def rgb(c: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in c[c.index("(") + 1:-1].split(","))
+
+    assert rgb(neg)[0] > rgb(neg)[2]  # negative: red
+    assert rgb(pos)[2] > rgb(pos)[0]  # positive: blue
+    assert min(rgb(mid)) > 200  # zero: near white
+
+
+def test_unsigned_column_is_sequential_and_boolean_column_two_colours() -> None:
+    assert color_scale(pd.Series([0.1, 0.5, 2.0]), "teacher_entropy").kind == "sequential"
+    masked = color_scale(pd.Series([True, False]), "masked")
+    assert masked.kind == "boolean"
+    yes, no = masked.colours(pd.Series([True, False]))
+    assert yes != no
+
+
+def test_one_huge_value_does_not_wash_out_the_rest_of_the_scale() -> None:
+    values = pd.Series([0.1 * i for i in range(-50, 50)] + [-58.7])
+    scale = color_scale(values, "log_ratio")
+    assert scale.hi < 10  # clipped at a quantile, not at the -58.7 outlier
+
+
+def test_candidates_are_side_by_side_with_probabilities_from_logps_and_ids_without_strings() -> None:
+    row = _rows(["a"]).iloc[0]
+    table = candidates(row)
+    assert list(table["teacher_token"]) == ["#10", "#99"]
+    assert list(table["student_token"]) == ["#99", "#10"]
+    assert table["teacher_prob"].tolist() == pytest.approx([0.7, 0.2])
+    assert table["student_prob"].tolist() == pytest.approx([0.6, 0.3])
+    assert len(candidates(row, k=1)) == 1
+
+
+def test_candidates_show_decoded_strings_when_logged() -> None:
+    row = _rows(["a"], teacher_topk_tokens=[["x", "y"]], student_topk_tokens=[["y", "x"]]).iloc[0]
+    table = candidates(row)
+    assert list(table["teacher_token"]) == ["x", "y"] and list(table["student_token"]) == ["y", "x"]
+
+
+def test_hover_card_lists_candidates_for_every_token() -> None:
+    html = token_strip_html(_rows(["a", "b"]), "signal", top_k=2)
+    assert html.count("class='opd-tip'") == 2
+    assert "0.7" in html and "0.6" in html
+
+
+def test_masked_and_special_tokens_can_be_hidden_and_are_marked_otherwise() -> None:
+    rows = _rows(["a", "b", "c"], masked=[False, True, False], is_special=[False, False, True])
+    shown = token_strip_html(rows, "signal")
+    assert len(re.findall(r"data-pos='(\d+)'", shown)) == 3
+    assert "opd-masked" in shown and "opd-special" in shown
+    hidden = token_strip_html(rows, "signal", hide_masked=True, hide_special=True)
+    assert len(re.findall(r"data-pos='(\d+)'", hidden)) == 1
+
+
+def test_highlighted_positions_are_outlined() -> None:
+    html = token_strip_html(_rows(["a", "b", "c"]), "signal", highlight=[1])
+    marked = re.findall(r"<span class='([^']*)' tabindex='0' data-pos='(\d+)'", html)
+    assert [pos for classes, pos in marked if "opd-top" in classes] == ["1"]
+
+
+def test_whitespace_tokens_stay_visible() -> None:
+    html = token_strip_html(_rows(["\n", ""]), "signal")
+    assert "⏎" in html and "∅" in html
+
+
+def test_unknown_colour_column_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not_a_column"):
+        token_strip_html(_rows(["a"]), "not_a_column")
+
+
+def test_colourable_columns_keeps_only_present_ones_in_order() -> None:
+    assert colourable_columns(["masked", "teacher_entropy", "signal", "zzz"]) == ["signal", "teacher_entropy", "masked"]
