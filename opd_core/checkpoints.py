@@ -1,0 +1,84 @@
+"""Checkpoints of a run: student weights, optimizer and scheduler state, and the step they belong to.
+
+RNG state is not saved on purpose: every step seeds its own randomness from (seed, step), so a run
+resumed from step N draws exactly what the uninterrupted run would have drawn at step N + 1.
+Each checkpoint is written to a temporary folder and renamed, so a crash mid-save leaves the
+previous checkpoints untouched and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from opd_core.runs import CHECKPOINTS_DIR
+
+_CKPT = re.compile(r"^step_(\d{6,})$")
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{int(step):06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[int]:
+    """Steps with a complete checkpoint, ascending."""
+    base = Path(run_dir) / CHECKPOINTS_DIR
+    if not base.is_dir():
+        return []
+    out = []
+    for entry in base.iterdir():
+        m = _CKPT.match(entry.name)
+        if m and (entry / "state.json").exists():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    steps = list_checkpoints(run_dir)
+    return checkpoint_dir(run_dir, steps[-1]) if steps else None
+
+
+def save(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Path:
+    target = checkpoint_dir(run_dir, step)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        # Tied weights share storage; safetensors refuses shared tensors, so store clones.
+        save_file({k: v.clone() for k, v in state.items()}, str(tmp / "student.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": int(step)}))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> int:
+    """Restore a checkpoint into the given objects; returns its step."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "state.json").exists():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.json); pick one of "
+                                f"{list_checkpoints(ckpt.parent.parent)}")
+    device = next(model.parameters()).device
+    weights = load_file(str(ckpt / "student.safetensors"), device=str(device))
+    model.load_state_dict(weights, strict=True)
+    if optimizer is not None:
+        extra = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        if scheduler is not None and extra.get("scheduler") is not None:
+            scheduler.load_state_dict(extra["scheduler"])
+    return int(json.loads((ckpt / "state.json").read_text())["step"])

@@ -1,0 +1,357 @@
+"""The run configuration: one typed, documented, validated record that reproduces a run.
+
+Field names follow what this field already uses (TRL's GKD/distillation configs, tinker-cookbook):
+``lmbda`` is the probability a step trains on student-generated prefixes, ``num_rollouts`` the
+samples per prompt. Every field carries a help text and a group, which the CLI, the docs and the
+Launch page's form all read, so the three never disagree.
+
+Errors are one line naming the field, the value and what is allowed (``ConfigError``, a
+``ValueError``); the CLI prints that line and exits 2 without creating a run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+GROUPS = ("Models", "Task", "Objective", "Rollouts", "Optimisation", "Masking", "Logging")
+OBJECTIVE_PARAM_NAMES = ("gamma", "beta", "alpha", "k", "renormalize", "support", "tail_bucket")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as one line that names the field, the value and the fix."""
+
+
+def _f(default: Any, group: str, help: str, **constraints: Any) -> Any:
+    meta = {"group": group, "help": help, **constraints}
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one distillation run (``config.json`` in the run directory)."""
+
+    # Models
+    student: str = _f("toy:mismatched", "Models", "Student: a local Hugging Face checkpoint directory or a toy preset "
+                      "(`toy:matched`, `toy:mismatched`: that preset's student).")
+    teacher: str = _f("toy:mismatched", "Models", "Teacher (frozen): a local checkpoint directory or a toy preset "
+                      "(`toy:mismatched` is a teacher whose tokenizer and chat template differ).")
+    device: str = _f("auto", "Models", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.")
+    dtype: str = _f("float32", "Models", "Model weights dtype: float32, bfloat16, float16. Losses are always float32.",
+                    choices=("float32", "bfloat16", "float16"))
+    trust_remote_code: bool = _f(False, "Models", "Allow checkpoints that ship their own model code. Off by "
+                                 "default: turning it on runs code from the checkpoint folder.")
+    # Task
+    task: str = _f("toy:addition", "Task", "`toy:addition` (built-in, graded) or a path to a JSONL file of "
+                   "{\"prompt\": ..., \"answer\": optional} objects, one per line.")
+    # Objective
+    objective: str = _f("sampled_token", "Objective", "The distillation objective (see docs/objectives.md): "
+                        "sampled_token, reverse_kl, forward_kl, jsd, kl_mix, topk_support.")
+    objective_params: dict = _f({}, "Objective", "Parameters of the objective: gamma (sampled_token), beta (jsd), "
+                                "alpha (kl_mix), k, renormalize, support, tail_bucket (topk_support). "
+                                "Set them as `--set k=16` or in an [objective_params] table.")
+    lmbda: float = _f(1.0, "Objective", "Probability that a step trains on student-generated prefixes (on-policy); "
+                      "otherwise the teacher generates them (GKD's lambda). 1.0 = pure on-policy.", lo=0.0, hi=1.0)
+    # Rollouts
+    temperature: float = _f(1.0, "Rollouts", "Sampling temperature of rollouts; 0 = greedy decoding.", lo=0.0,
+                            hi=10.0)
+    top_p: float = _f(1.0, "Rollouts", "Nucleus sampling of rollouts (the fix: 0.9 keeps prefixes nearer the "
+                      "teacher's support). 1.0 = off.", lo=0.0, lo_open=True, hi=1.0)
+    top_k: int = _f(0, "Rollouts", "Top-k sampling of rollouts; 0 = off.", lo=0)
+    max_new_tokens: int = _f(32, "Rollouts", "Longest response, in student tokens.", lo=1, hi=32768)
+    num_rollouts: int = _f(4, "Rollouts", "Responses sampled per prompt.", lo=1, hi=1024)
+    prompts_per_step: int = _f(8, "Rollouts", "Prompts per training step (batch = prompts_per_step x num_rollouts).",
+                               lo=1, hi=4096)
+    # Optimisation
+    steps: int = _f(200, "Optimisation", "Training steps.", lo=1, hi=10_000_000)
+    learning_rate: float = _f(1e-3, "Optimisation", "AdamW learning rate (constant after warmup).", lo=0.0,
+                              lo_open=True, hi=1.0)
+    warmup_steps: int = _f(0, "Optimisation", "Linear learning-rate warmup steps.", lo=0)
+    weight_decay: float = _f(0.0, "Optimisation", "AdamW weight decay.", lo=0.0, hi=1.0)
+    max_grad_norm: float = _f(1.0, "Optimisation", "Clip the gradient norm to this; 0 = no clipping.", lo=0.0)
+    seed: int = _f(0, "Optimisation", "Seed of prompts, sampling and initialisation; a run is reproducible from it.",
+                   lo=0)
+    # Masking
+    mask_special_tokens: bool = _f(False, "Masking", "The fix for failure mode 3: tokens whose meaning differs "
+                                   "between the two tokenizers or templates carry no signal, and the student's EOS "
+                                   "is shown to the teacher as the teacher's own EOS (mapped by meaning, not id).")
+    mask_token_strings: list = _f([], "Masking", "Extra token strings to mask (the paper masks `<` and `think`).")
+    mask_after_eos: bool = _f(True, "Masking", "Everything after the first EOS carries no signal.")
+    # Logging
+    log_tokens_every: int = _f(10, "Logging", "Write per-token records every N steps (0 = never; the first and "
+                               "last steps are always logged when N > 0).", lo=0)
+    log_samples: int = _f(0, "Logging", "Responses logged per logging step (0 = all of the step's).", lo=0)
+    log_top_k: int = _f(8, "Logging", "Candidates kept per token for the inspector (teacher's and student's top-K).",
+                        lo=1, hi=256)
+    reference_rollouts: bool = _f(True, "Logging", "At logging steps, also log the teacher's own rollouts of the "
+                                  "same prompts (not trained on): the reference line of failure mode 2.")
+    nucleus_p: float = _f(0.9, "Logging", "Teacher nucleus used to measure drift: a sampled token outside the "
+                          "teacher's top-p nucleus starts the `tokens_since_off_support` count.", lo=0.0,
+                          lo_open=True, hi=1.0)
+    eval_every: int = _f(50, "Logging", "Greedy eval on the task's eval split every N steps (0 = only at the end).",
+                         lo=0)
+    eval_size: int = _f(64, "Logging", "Eval prompts.", lo=1)
+    checkpoint_every: int = _f(50, "Logging", "Save student, optimizer and step every N steps (0 = only at the end "
+                               "and on stop). Resume and fork start from these.", lo=0)
+    # Lineage (written by fork; not set by hand)
+    parent_run: str | None = _f(None, "Logging", "Run this one was forked from (set by `opd-lab runs fork`).")
+    fork_step: int | None = _f(None, "Logging", "Checkpoint step of the parent this run starts from.")
+    init_checkpoint: str | None = _f(None, "Logging", "Checkpoint directory whose student weights and optimizer "
+                                     "this run starts from (set by fork).")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_step * self.num_rollouts
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def field_docs() -> list[dict]:
+    """Every field with its group, default, type and help text (for docs, --help and the Launch form)."""
+    out = []
+    hints = typing.get_type_hints(RunConfig)
+    for f in fields(RunConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append({"name": f.name, "group": f.metadata["group"], "help": f.metadata["help"], "default": default,
+                    "type": hints[f.name], **{k: v for k, v in f.metadata.items() if k not in ("group", "help")}})
+    return out
+
+
+# ----------------------------------------------------------------------------- coercion and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Coerce ``value`` to the field type; strings from ``--set`` are parsed (true/false, numbers, JSON)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(name, value, inner)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"config field '{name}': {value!r} is not a boolean; use true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field '{name}': {value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config field '{name}': {value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field '{name}': {value!r} is not a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config field '{name}': {value!r} is not a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config field '{name}': {value!r} is not a string")
+    if tp in (dict, list) or origin in (dict, list):
+        want = dict if (tp is dict or origin is dict) else list
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                if want is list:
+                    value = [v for v in value.split(",") if v]
+        if not isinstance(value, want):
+            raise ConfigError(f"config field '{name}': {value!r} is not a {want.__name__}")
+        return value
+    return value
+
+
+def _check_range(name: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"config field '{name}': {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        allowed = f"{name} {op} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ConfigError(f"config field '{name}': {value!r} is out of range; allowed: {allowed}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config field '{name}': {value!r} is out of range; allowed: {name} <= {hi}")
+
+
+def _check_model_ref(name: str, value: str) -> None:
+    if value.startswith("toy:"):
+        from opd_core.toy.presets import PRESETS
+
+        if value not in PRESETS:
+            raise ConfigError(f"config field '{name}': unknown preset {value!r}; presets: {', '.join(PRESETS)}")
+        return
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"config field '{name}': {value!r} is not a directory; give a local Hugging Face "
+                          "checkpoint folder (with config.json) or a preset such as toy:matched")
+    if not (path / "config.json").exists():
+        raise ConfigError(f"config field '{name}': {value!r} has no config.json, so it is not a Hugging Face "
+                          "checkpoint; point at the folder save_pretrained wrote")
+
+
+def _check_task(value: str) -> None:
+    if value.startswith("toy"):
+        if value not in ("toy", "toy:addition"):
+            raise ConfigError(f"config field 'task': unknown built-in task {value!r}; use toy:addition or a .jsonl path")
+        return
+    if not Path(value).expanduser().is_file():
+        raise ConfigError(f"config field 'task': {value!r} is not a file; give a JSONL file of prompts or toy:addition")
+
+
+def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
+    """Build and validate a config; unknown fields, wrong types and out-of-range values are one-line errors."""
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a table/object of field = value pairs")
+    data = dict(data)
+    # Objective parameters may be given at top level (`--set k=16`, `gamma = 0.5`) for convenience.
+    params = dict(data.pop("objective_params", None) or {})
+    for key in OBJECTIVE_PARAM_NAMES:
+        if key in data:
+            params[key] = data.pop(key)
+    unknown = [k for k in data if k not in FIELDS]
+    if unknown:
+        from difflib import get_close_matches
+
+        hint = get_close_matches(unknown[0], list(FIELDS) + list(OBJECTIVE_PARAM_NAMES), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"config field '{unknown[0]}' is not a known field{suggestion}; "
+                          "see `docs/config.md` for the list")
+    hints = typing.get_type_hints(RunConfig)
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        values[name] = _coerce(name, value, hints[name])
+        _check_range(name, values[name], FIELDS[name].metadata)
+    objective = values.get("objective", FIELDS["objective"].default)
+    values["objective_params"] = _validate_objective(objective, params)
+    if check_paths:
+        for name in ("student", "teacher"):
+            _check_model_ref(name, values.get(name, FIELDS[name].default))
+        _check_task(values.get("task", FIELDS["task"].default))
+    return RunConfig(**values)
+
+
+def _parse_param_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _validate_objective(name: str, params: dict) -> dict:
+    from opd_core.objectives import list_objectives, validate_params
+
+    if name not in list_objectives():
+        raise ConfigError(f"config field 'objective': unknown objective {name!r}; "
+                          f"choose one of {', '.join(list_objectives())}")
+    try:
+        return validate_params(name, {k: _parse_param_value(v) for k, v in params.items()})
+    except ValueError as exc:
+        raise ConfigError(f"config field 'objective_params': {exc}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["key=value", "objective_params.k=16"]`` -> a dict to merge over the file's fields."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE, e.g. --set top_p=0.9")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key.startswith("objective_params."):
+            out.setdefault("objective_params", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a TOML or JSON config file into a dict (no validation yet)."""
+    path = Path(path)
+    if not path.is_file():
+        examples = examples_dir()
+        candidate = examples / (path.name if path.suffix else f"{path.name}.toml")
+        if candidate.is_file():
+            path = candidate
+        else:
+            names = ", ".join(sorted(p.stem for p in examples.glob("*.toml")))
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass a .toml/.json file or a shipped "
+                              f"example ({names})")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from None
+
+
+def examples_dir() -> Path:
+    return Path(__file__).parent / "examples"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                check_paths: bool = True) -> RunConfig:
+    """The config a run uses: the file (or defaults), then ``--set`` overrides, validated."""
+    data = read_config_file(path) if path else {}
+    extra = parse_overrides(overrides or [])
+    if "objective_params" in extra:
+        data["objective_params"] = {**(data.get("objective_params") or {}), **extra.pop("objective_params")}
+    data.update(extra)
+    return from_dict(data, check_paths=check_paths)
+
+
+def config_reference_markdown() -> str:
+    """docs/config.md's body: every field by group, with default and help."""
+    lines = ["# Run configuration", "", "Every field of `RunConfig` (`opd_core/config.py`), grouped by purpose.", ""]
+    docs = field_docs()
+    for group in GROUPS:
+        lines += [f"## {group}", "", "| field | default | meaning |", "|---|---|---|"]
+        for d in docs:
+            if d["group"] == group:
+                lines.append(f"| `{d['name']}` | `{json.dumps(d['default'])}` | {d['help']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Batched rollouts: sample responses from a model for a batch of prompts (KV-cached, padding-aware).
+
+Sampling itself is Hugging Face's ``generate`` (KV cache, temperature, top-p, top-k, EOS stop); this
+module only prepares left-padded batches, pins every sampling knob explicitly (a checkpoint's own
+generation_config must not silently add top-k=50), and cuts each response at its first EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How responses are drawn. ``greedy`` ignores the other knobs (used for eval)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 32
+    greedy: bool = False
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, so every prompt ends where generation starts."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """The response up to and including its first EOS, and whether it ended with one."""
+    out = []
+    for t in ids:
+        out.append(int(t))
+        if int(t) in eos_ids:
+            return out, True
+    return out, False
+
+
+@torch.no_grad()
+def sample_responses(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: Sampling,
+    *,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    vocab_size: int | None = None,
+    batch_size: int = 256,
+) -> tuple[list[list[int]], list[bool]]:
+    """Sample one response per prompt; returns (responses cut after the first EOS, ended-with-EOS flags).
+
+    ``vocab_size`` (the tokenizer's) keeps sampling off embedding rows padded past the tokenizer.
+    """
+    device = next(model.parameters()).device
+    eos = {int(e) for e in eos_ids}
+    rows = model.get_output_embeddings().weight.shape[0]
+    padding_ids = list(range(vocab_size, rows)) if vocab_size is not None and rows > vocab_size else None
+    gen = GenerationConfig(
+        do_sample=not sampling.greedy,
+        temperature=sampling.temperature if not sampling.greedy else None,
+        top_p=sampling.top_p if not sampling.greedy else None,
+        top_k=sampling.top_k if not sampling.greedy else None,
+        max_new_tokens=sampling.max_new_tokens,
+        eos_token_id=sorted(eos),
+        pad_token_id=pad_id,
+        suppress_tokens=padding_ids,
+    )
+    responses: list[list[int]] = []
+    ended: list[bool] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompt_ids), batch_size):
+            chunk = prompt_ids[start:start + batch_size]
+            ids, mask = left_pad(chunk, pad_id, device)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            for row in out[:, ids.shape[1]:].tolist():
+                resp, done = cut_at_eos(row, eos)
+                responses.append(resp)
+                ended.append(done)
+    finally:
+        model.train(was_training)
+    return responses, ended

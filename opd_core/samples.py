@@ -1,0 +1,66 @@
+"""The shipped sample runs: made by the product's own recipes on the toy world, one per comparison.
+
+`opd-lab samples build` retrains each from scratch with the example configs in
+``opd_core/examples/`` and writes them into ``sample_runs/`` (replacing each run whole, only once it
+finished). Checkpoints are dropped and token logging is kept to a few steps so the set stays small
+enough to ship; the health report of each run is what `tests/test_sample_runs.py` checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from opd_core import runs
+from opd_core.config import load_config
+
+# sample run id -> (example config, overrides, what its health report must flag)
+SAMPLES: dict[str, tuple[str, list[str]]] = {
+    "baseline-sampled-token": ("baseline", []),
+    "masked-sampled-token": ("masked", []),
+    "top-p-sampled-token": ("top_p", []),
+    "topk-support": ("topk_support", []),
+    "topk-unnormalized": ("topk_unnormalized", []),
+    "matched-sampled-token": ("matched", []),
+    "forward-kl-mixed-prefixes": ("forward_kl_mixed", []),
+}
+
+
+def default_samples_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "sample_runs"
+
+
+def build_samples(out_dir: str | Path | None = None, only: list[str] | None = None, log=print) -> list[Path]:
+    """Train every sample run (or ``only`` these) and move each finished run into ``out_dir``."""
+    from opd_core.train import run_in_dir
+
+    out = Path(out_dir) if out_dir else default_samples_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    names = only or list(SAMPLES)
+    unknown = [n for n in names if n not in SAMPLES]
+    if unknown:
+        raise ValueError(f"unknown sample run {unknown[0]!r}; choose from {', '.join(SAMPLES)}")
+    made = []
+    for name in names:
+        example, overrides = SAMPLES[name]
+        cfg = load_config(example, overrides + ["checkpoint_every=0"])
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            run_dir = Path(tmp) / name
+            run_dir.mkdir()
+            runs.write_config(run_dir, cfg.to_dict())
+            runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time())
+            t0 = time.time()
+            state = run_in_dir(run_dir, progress=False)
+            if state != "finished":
+                raise RuntimeError(f"sample run {name} ended {state}: {runs.read_status(run_dir).get('error')}")
+            shutil.rmtree(run_dir / runs.CHECKPOINTS_DIR, ignore_errors=True)
+            runs.write_status(run_dir, pid=None, host=None)
+            target = out / name
+            if target.exists():
+                shutil.rmtree(target)
+            run_dir.rename(target)
+            log(f"built {name} in {time.time() - t0:.0f}s -> {target}")
+            made.append(target)
+    return made
