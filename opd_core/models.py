@@ -1,0 +1,207 @@
+"""Load the student and teacher: a local Hugging Face checkpoint folder or a built-in toy preset.
+
+Every way a load can fail (missing path, not a checkpoint, custom code not allowed, no EOS, a tokenizer
+larger than the embedding table) becomes a one-line `ModelLoadError` naming the path, the problem and the
+fix. Embedding tables padded past the tokenizer (Qwen2.5: 151,936 or 152,064 rows for 151,665 tokens) are
+fine: `LoadedModel.vocab_size` is the tokenizer's real size, the part two models can be compared on.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer could not be loaded; the message names the path, the problem and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-use model with its tokenizer; `vocab_size` is the tokenizer's (real) vocabulary size."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+    name: str
+    vocab_size: int
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live."""
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn "auto" into CUDA when present (else CPU) and refuse a CUDA request on a machine without one."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return resolved
+
+
+def resolve_dtype(dtype: str = "float32", device: torch.device | None = None) -> torch.dtype:
+    """Turn a dtype name into a torch dtype; "auto" is bfloat16 on a GPU that supports it, else float32."""
+    if dtype == "auto":
+        device = device or resolve_device("auto")
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_dir(path: Path, what: str, needed: tuple[str, ...]) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such folder; expected a local {what} directory or a toy preset "
+                             "(toy:matched, toy:mismatched)")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: is a file; expected a {what} directory (the folder save_pretrained wrote)")
+    if not any((path / f).is_file() for f in needed):
+        raise ModelLoadError(f"{path}: not a {what} directory (none of {', '.join(needed)} found); "
+                             "point to the folder save_pretrained wrote")
+
+
+def _wants_remote_code(path: Path) -> bool:
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                if "auto_map" in json.loads(file.read_text(encoding="utf-8")):
+                    return True
+            except (OSError, json.JSONDecodeError):
+                continue
+    return False
+
+
+def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
+    if _wants_remote_code(path) and not trust_remote_code:
+        raise ModelLoadError(f"{path}: this checkpoint needs its own Python code (auto_map in its config); "
+                             "pass trust_remote_code=True (--trust-remote-code) only if you trust its source")
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer folder (or a preset's student tokenizer); it must define an EOS token."""
+    path = _preset_path(str(path), role="student")
+    _check_dir(path, "tokenizer", _TOKENIZER_FILES)
+    _check_remote_code(path, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types for a broken folder; report one line
+        raise ModelLoadError(f"{path}: tokenizer files could not be loaded ({_one_line(exc)}); "
+                             "re-save it with save_pretrained") from None
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"{path}: tokenizer has no EOS token; set \"eos_token\" in its "
+                             "tokenizer_config.json so responses can end")
+    return tokenizer
+
+
+def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local folder, on the chosen device and dtype, in eval mode.
+
+    A preset name here means that preset's student; use `load_pair` or `resolve_model_path` for a teacher.
+    """
+    path = _preset_path(str(path), role="student")
+    _check_dir(path, "model checkpoint", ("config.json",))
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelLoadError(f"{path}: config.json found but no weights ({', '.join(_WEIGHT_FILES[:3])}); "
+                             "copy the full checkpoint folder")
+    _check_remote_code(path, trust_remote_code)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: config.json is not a loadable model config ({_one_line(exc)}); "
+                             "expected a folder written by save_pretrained") from None
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a loadable causal-LM checkpoint ({_one_line(exc)}); "
+                             "expected a folder written by save_pretrained for a *ForCausalLM model") from None
+    model.to(torch_device).eval()
+    vocab_size = _real_vocab_size(path, tokenizer, model)
+    _fill_generation_config(model, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, name=path.name, vocab_size=vocab_size)
+
+
+def _real_vocab_size(path: Path, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
+    rows = model.get_input_embeddings().weight.shape[0]
+    n = len(tokenizer)
+    if n > rows:
+        raise ModelLoadError(f"{path}: tokenizer has {n} tokens but the model embeds only {rows}; "
+                             "use the tokenizer saved with this checkpoint")
+    if n < rows:
+        warnings.warn(f"{path.name}: embedding table has {rows} rows for {n} tokenizer tokens (padding); "
+                      f"comparing on the real vocabulary of {n} tokens", stacklevel=3)
+    return n
+
+
+def _fill_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make generate() and manual loops agree on the specials, even for checkpoints that omit them."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # common for base models; padding is masked anyway
+    gen = model.generation_config
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
+        gen.bos_token_id = tokenizer.bos_token_id
+
+
+def _preset_path(spec: str, role: str) -> Path:
+    """Map "toy:matched"/"toy:mismatched" to the preset's student or teacher folder; other specs unchanged."""
+    if not spec.startswith("toy:"):
+        return Path(spec)
+    from opd_core.toy.presets import PRESETS, resolve_pair
+
+    pair = resolve_pair(spec)
+    if pair is None:
+        raise ModelLoadError(f"{spec}: unknown toy preset; use one of {', '.join(PRESETS)}")
+    path = pair[0] if role == "student" else pair[1]
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: toy assets missing for {spec}; run `opd-lab toy build`")
+    return path
+
+
+def resolve_model_path(spec: str, role: str = "student") -> Path:
+    """Return the folder a model argument names: a local path, or a preset's student/teacher folder."""
+    if role not in ("student", "teacher"):
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
+    return _preset_path(spec, role)
+
+
+def load_pair(student: str, teacher: str, **kw) -> tuple[LoadedModel, LoadedModel]:
+    """Load (student, teacher); each may be a folder or a preset name (its student / teacher side)."""
+    return (load_model(resolve_model_path(student, "student"), **kw),
+            load_model(resolve_model_path(teacher, "teacher"), **kw))
