@@ -182,6 +182,7 @@ class Trainer:
         elif self.needs is TeacherNeeds.TOPK:
             stats = token_logprob_stats(sc.teacher.logits, ids, top_k=self.support_k)
             ob.teacher_topk_ids, ob.teacher_topk_logps = stats["topk_ids"], stats["topk_logps"]
+            ob.teacher_sampled_logp = sc.teacher.sampled_logp  # a support that adds the sampled token needs it
         else:
             ob.teacher_sampled_logp = sc.teacher.sampled_logp
         return compute_objective(self.cfg.objective, ob, **self.params)
