@@ -30,8 +30,7 @@ PHASES = ("t_rollout", "t_score", "t_objective", "t_optimizer", "t_metrics", "t_
 
 
 def measure(config: str, steps: int, overrides: list[str], threads: int) -> dict:
-    torch.set_num_threads(threads)
-    cfg = load_config(config, [f"steps={steps}", "checkpoint_every=0", *overrides])
+    cfg = load_config(config, [f"steps={steps}", "checkpoint_every=0", f"cpu_threads={threads}", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = runs.create_run_dir(tmp, "bench")
         runs.write_config(run_dir, cfg.to_dict())
@@ -52,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="baseline")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="cpu_threads (0 = the engine's auto choice)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
     r = measure(args.config, args.steps, args.overrides, args.threads)
-    print(f"| run | steps | rollouts/step | wall (s) | goal | per step (ms) | logging share | goal |")
+    print("| run | steps | rollouts/step | wall (s) | goal | per step (ms) | logging share | goal |")
     print("|---|---|---|---|---|---|---|---|")
     goal = "<= 60 s" + (" (met)" if r["wall_s"] <= 60 else " (missed)") if args.steps == 200 else "-"
     share_goal = "<= 5%" + (" (met)" if r["logging_share"] <= 0.05 else " (missed)")
@@ -67,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|")
     for p, v in r["per_step"].items():
         print(f"| {p[2:]} | {1000 * v:.1f} | {100 * v / r['step_mean']:.1f}% |")
-    print(f"\nfinal eval accuracy: {r['final_eval_accuracy']:.3f}; torch threads: {args.threads}")
+    print(f"\nfinal eval accuracy: {r['final_eval_accuracy']:.3f}; cpu_threads={args.threads} (0 = auto); "
+          f"torch threads used: {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

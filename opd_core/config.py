@@ -46,6 +46,9 @@ class RunConfig:
     device: str = _f("auto", "Models", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.")
     dtype: str = _f("float32", "Models", "Model weights dtype: float32, bfloat16, float16. Losses are always float32.",
                     choices=("float32", "bfloat16", "float16"))
+    cpu_threads: int = _f(0, "Models", "Torch CPU threads. 0 = auto: 1 thread when both models are small "
+                          "(intra-op parallelism on tiny tensors costs more than it saves), else torch's default.",
+                          lo=0, hi=1024)
     trust_remote_code: bool = _f(False, "Models", "Allow checkpoints that ship their own model code. Off by "
                                  "default: turning it on runs code from the checkpoint folder.")
     # Task
