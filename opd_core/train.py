@@ -424,6 +424,9 @@ class Trainer:
         self._reference_entropy = None
         metrics_out = runs.MetricsWriter(self.run_dir) if main else None
         step = start_step
+        if main and start_step == 0 and cfg.eval_every:
+            # The student before any update: the baseline that "eval accuracy falling" and Compare start from.
+            metrics_out.append({"step": 0, "time_s": 0.0, "tokens": 0, **self.evaluate()})
         try:
             for step in range(start_step + 1, cfg.steps + 1):
                 t_step = time.perf_counter()

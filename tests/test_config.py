@@ -73,3 +73,12 @@ def test_every_field_is_documented_in_a_group():
     md = config_reference_markdown()
     for d in docs:
         assert f"`{d['name']}`" in md
+
+
+def test_docs_config_md_is_generated_from_the_config_and_in_sync():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert path.read_text() == config_reference_markdown() + "\n", (
+        "docs/config.md is stale: regenerate it with "
+        "python -c \"from opd_core.config import config_reference_markdown as m; open('docs/config.md','w').write(m()+'\\n')\"")

@@ -34,6 +34,7 @@ class Thresholds:
     gini_critical: float = 0.8
     top1_warning: float = 0.15          # exponential |signal| gives ~0.056 in the top 1%
     top1_critical: float = 0.3
+    top5_warning: float = 0.35          # half-normal |signal| puts ~15% in the top 5%, exponential ~20%
     drift_min_tokens: int = 50          # drifted rows (and baseline rows) needed before comparing
     drift_min_share: float = 0.05       # fewer drifted tokens than this barely move the update
     drift_entropy_ratio: float = 2.0    # teacher twice as uncertain off-support as on its own prefixes
@@ -52,6 +53,7 @@ class Thresholds:
     grad_window: int = 20
     length_ratio_warning: float = 1.5   # last-quarter mean response length over first-quarter mean
     length_cap_share: float = 0.9       # ...critical when it sits at max_new_tokens
+    length_cap_min_ratio: float = 1.1   # at the cap, a 10% rise is enough to call it a runaway
     eval_drop_warning: float = 0.1      # accuracy points lost from the run's best eval to its last
 
 
@@ -126,7 +128,9 @@ def check_imbalance(tokens: pd.DataFrame, objective: str | None, t: Thresholds =
     s = imbalance.summary(tokens, exclude_special=True)
     if s["n_tokens"] < t.min_tokens or not (_finite(s["gini"]) and _finite(s["top1pct_share"])):
         return []
-    if s["gini"] < t.gini_warning or s["top1pct_share"] < t.top1_warning:
+    concentrated = s["top1pct_share"] >= t.top1_warning or (
+        _finite(s.get("top5pct_share")) and s["top5pct_share"] >= t.top5_warning)
+    if s["gini"] < t.gini_warning or not concentrated:
         return []
     critical = s["gini"] >= t.gini_critical and s["top1pct_share"] >= t.top1_critical
     neg = imbalance.negative_reward_share_by_step(tokens)
@@ -289,10 +293,12 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
                     "unsupported tail", page="Compare"))
     trend = mismatch.response_length_trend(metrics)
     stats = trend.attrs
-    if stats.get("n", 0) >= 8 and _finite(stats.get("ratio")) and stats["ratio"] >= t.length_ratio_warning \
-            and stats["slope"] > 0:
-        cap = config.get("max_new_tokens")
-        at_cap = _finite(cap) and stats["last_mean"] >= t.length_cap_share * cap
+    cap = config.get("max_new_tokens")
+    at_cap = _finite(cap) and _finite(stats.get("last_mean")) and stats["last_mean"] >= t.length_cap_share * cap
+    grew = _finite(stats.get("ratio")) and stats["ratio"] >= t.length_ratio_warning
+    # Pinned at the cap after growing at all is a runaway too: the cap hides how far it would have gone.
+    pinned = at_cap and _finite(stats.get("ratio")) and stats["ratio"] >= t.length_cap_min_ratio
+    if stats.get("n", 0) >= 8 and (grew or pinned) and stats["slope"] > 0:
         found.append(Finding(
             mode="training", severity="critical" if at_cap else "warning",
             title=(f"response length running away: {stats['first_mean']:.0f} -> {stats['last_mean']:.0f} tokens"
