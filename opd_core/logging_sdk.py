@@ -1,0 +1,647 @@
+"""Let any trainer (TRL, verl, a team's own loop) write an OPD Lab run directory, so the dashboard diagnoses it.
+
+A trainer already holds, at each step, the student's and the teacher's log-probs of the tokens it
+sampled (and often their top-K, entropies and masks). :class:`OPDLogger` takes those tensors and
+writes the run-directory contract (``config.json``, ``status.json``, ``metrics.jsonl``,
+``tokens/step_NNNNNN.parquet``), so ``opd-lab report RUN_DIR`` and every dashboard page work on it
+unchanged::
+
+    with OPDLogger(runs_dir="runs", name="my-run", config={"objective": "sampled_token"},
+                   tokenizer=tok, every=10, max_samples=8) as opd:
+        for step in range(steps):
+            ...                                    # your rollout, scoring, loss
+            if opd.should_log(step):               # one integer test on the steps not logged
+                opd.log_step(step, token_ids=ids, mask=mask, student_logp=s_lp, teacher_logp=t_lp)
+            opd.log_metrics(step, {"loss": loss.item(), "grad_norm": gn, "lr": lr})
+
+Costs: a disabled logger (``enabled=False``, or any rank but 0 under torch.distributed) returns at
+the first line of every call. On a logged step the training thread only slices the first
+``max_samples`` responses, copies them to the host (one transfer per tensor) and decodes token ids
+it has not seen before; building the Parquet table, the summaries and every disk write happen on one
+background thread, which ``close()`` drains. The queue between them is bounded (``max_pending``
+logged steps): if the disk falls that far behind, the training thread waits rather than holding
+unbounded memory.
+
+Columns that cannot be derived from what the trainer passed get a documented neutral value (see
+:data:`NEUTRAL_VALUES`): unknown numbers are null/NaN, unknown top-K lists are empty, never invented.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from opd_core import runs
+from opd_core.diagnostics.imbalance import gini, top_share
+from opd_core.objectives.chunked import token_logprob_stats
+from opd_core.token_records import drift_measures
+
+# Metric keys every metrics.jsonl line carries (null when the trainer did not report them), so the
+# run passes runs.validate_run_dir and the dashboard's charts find their columns.
+REQUIRED_METRICS: tuple[str, ...] = ("step", "time_s", "loss", "grad_norm", "lr", "tokens")
+
+STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often on steps without token records
+
+NEUTRAL_VALUES: dict[str, str] = {
+    "student_entropy / teacher_entropy": "NaN when not passed (log_logits always derives them)",
+    "teacher_top1_prob": "exp(teacher_topk_logps[0]) with teacher top-K, else NaN",
+    "teacher_rank": "exact from log_logits; from top-K ids: 1-based position, K+1 when outside the top-K "
+                    "(a lower bound); null without teacher top-K",
+    "in_teacher_topk": "from teacher top-K ids; null without them",
+    "in_student_topp": "the sampled token lies in the student's rollout top-p nucleus (config top_p, "
+                       "default 1.0 = always True); computed from student top-K when top_p < 1, "
+                       "True when the top-K cannot tell",
+    "teacher_topk_* / student_topk_*": "empty lists when not passed",
+    "signal": "the sampled-token log-ratio (teacher_logp - student_logp) when not passed",
+    "token_loss": "-signal * student_logp (the gamma=0 sampled-token loss) when neither signal nor "
+                  "token_loss is passed; NaN when only signal is passed",
+    "drift": "always derived: cumulative (student_logp - teacher_logp) over earlier tokens of the response",
+    "tokens_since_off_support": "only written with teacher top-K (needs the teacher's nucleus)",
+    "is_special / is_eos": "from the tokenizer's special ids / EOS (or special_ids / eos_ids); False without",
+    "token": "the decoded token with a tokenizer, else the id as text",
+    "masked": "False unless loss_mask excludes the token",
+}
+
+
+class OPDLoggerError(ValueError):
+    """Input the logger cannot use, with a message naming the problem and the fix."""
+
+
+def _rank() -> int:
+    """This process's rank under torch.distributed (or a launcher's RANK variable); 0 when alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _host(x: Tensor | np.ndarray | Sequence | None, rows: int | None) -> np.ndarray | None:
+    """The first ``rows`` rows of a tensor/array on the host (one device-to-host copy of only those rows)."""
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        x = x[:rows].detach()
+        x = x.float() if x.is_floating_point() else x
+        return x.cpu().numpy()
+    return np.asarray(x)[:rows]
+
+
+@torch.no_grad()
+def token_stats_from_logits(
+    student_logits: Tensor, teacher_logits: Tensor, token_ids: Tensor, top_k: int = 8
+) -> dict[str, Tensor]:
+    """The keyword arguments of :meth:`OPDLogger.log_step` derived from both models' logits.
+
+    ``student_logits`` / ``teacher_logits`` are [B,T,V], already aligned so that position t predicts
+    ``token_ids[:, t]`` (i.e. shifted by one from a causal LM's output). Returns student/teacher
+    log-probs, entropies and top-K, the exact teacher rank of the sampled token, and the student's
+    probability mass inside the teacher's top-K. Runs chunk by chunk without a graph.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise OPDLoggerError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} "
+            "must have the same [B, T, V] shape; map the teacher to the student's vocabulary first"
+        )
+    s = token_logprob_stats(student_logits, token_ids, top_k)
+    t = token_logprob_stats(teacher_logits, token_ids, top_k)
+    # Student mass inside the teacher's top-K: gather only K logits per token, normalise by the full lse.
+    s_lse = torch.logsumexp(student_logits.float(), dim=-1, keepdim=True)
+    s_at_t = student_logits.gather(-1, t["topk_ids"]).float() - s_lse
+    return {
+        "student_logp": s["logp"], "teacher_logp": t["logp"],
+        "student_entropy": s["entropy"], "teacher_entropy": t["entropy"],
+        "teacher_topk_ids": t["topk_ids"], "teacher_topk_logps": t["topk_logps"],
+        "student_topk_ids": s["topk_ids"], "student_topk_logps": s["topk_logps"],
+        "teacher_rank": t["rank"], "student_support_mass": s_at_t.exp().sum(-1),
+    }
+
+
+def _in_nucleus(token_ids: np.ndarray, topk_ids: np.ndarray, topk_logps: np.ndarray, top_p: float) -> np.ndarray:
+    """Whether each token lies in a top-p nucleus, judged from that model's top-K (True when it cannot tell).
+
+    A token is inside when the probability of the tokens ranked strictly above it is below ``top_p``.
+    """
+    if top_p >= 1.0 or topk_ids.shape[-1] == 0:
+        return np.ones(token_ids.shape, dtype=bool)
+    probs = np.exp(topk_logps.astype(np.float64))
+    mass_before = np.cumsum(probs, axis=-1) - probs  # [..., K]: mass ranked above each top-K slot
+    hit = topk_ids == token_ids[..., None]
+    found = hit.any(-1)
+    before_hit = np.where(found, (mass_before * hit).sum(-1), probs.sum(-1))
+    # Outside the top-K: all K listed tokens rank above it; inside only if their mass is < top_p.
+    return before_hit < top_p
+
+
+class _Writer(threading.Thread):
+    """The one background thread that builds tables, computes summaries and does every disk write."""
+
+    def __init__(self, logger: OPDLogger, max_pending: int):
+        super().__init__(name="opd-lab-writer", daemon=True)
+        self.items: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.logger = logger
+        self.summaries: dict[int, dict] = {}
+        self.error: BaseException | None = None
+        self.status_written = 0.0
+
+    def run(self) -> None:
+        while True:
+            item = self.items.get()
+            try:
+                if item is None:
+                    return
+                kind, step, payload = item
+                if kind == "tokens":
+                    self._write_tokens(step, payload)
+                else:
+                    self._write_metrics(step, payload)
+            except BaseException as exc:  # keep training alive; surface the error on close()
+                if self.error is None:
+                    self.error = exc
+                    warnings.warn(f"OPD Lab logger could not write step {item[1]}: {exc!r}", stacklevel=1)
+            finally:
+                self.items.task_done()
+
+    def _write_tokens(self, step: int, payload: dict) -> None:
+        table, summary = _build_table(step, payload)
+        runs.write_token_records(self.logger.run_dir, step, table)
+        self.summaries[step] = summary
+
+    def _write_metrics(self, step: int, record: dict) -> None:
+        summary = self.summaries.pop(step, None)
+        for key, value in (summary or {}).items():
+            record.setdefault(key, value)
+        self.logger._metrics_writer.append(record)
+        now = time.time()
+        if summary is not None or now - self.status_written >= STATUS_INTERVAL_S:  # status: fsync'd, so rarer
+            runs.write_status(self.logger.run_dir, step=step)
+            self.status_written = now
+
+
+def _build_table(step: int, p: dict) -> tuple[pa.Table, dict]:
+    """The contract's columns for the real tokens of one logged step, and the step's token summaries."""
+    real = p["mask"].astype(bool)
+    s_lp, t_lp = p["student_logp"].astype(np.float32), p["teacher_logp"].astype(np.float32)
+    ids = p["token_ids"].astype(np.int64)
+    B, T = ids.shape
+    has_t_topk = p["teacher_topk_ids"] is not None
+    k_t = p["teacher_topk_ids"].shape[-1] if has_t_topk else 0
+    if has_t_topk:
+        t_nucleus = _in_nucleus(ids, p["teacher_topk_ids"], p["teacher_topk_logps"], p["nucleus_top_p"])
+    else:
+        t_nucleus = np.ones((B, T), dtype=bool)
+    drift, since = drift_measures(s_lp, t_lp, t_nucleus, real)
+    b, t = np.nonzero(real)
+    n = len(b)
+    log_ratio = (t_lp - s_lp)[b, t]
+
+    def col(name: str, dtype: Any = np.float32, fill: Any = np.nan) -> np.ndarray:
+        value = p.get(name)
+        return np.full(n, fill, dtype=dtype) if value is None else value[b, t].astype(dtype)
+
+    signal = log_ratio if p.get("signal") is None else col("signal")
+    if p.get("token_loss") is not None:
+        token_loss = col("token_loss")
+    elif p.get("signal") is None:
+        token_loss = (-log_ratio * s_lp[b, t]).astype(np.float32)
+    else:
+        token_loss = np.full(n, np.nan, dtype=np.float32)
+    loss_mask = real if p.get("loss_mask") is None else p["loss_mask"].astype(bool)
+    token_ids = ids[b, t]
+    special, eos = p["special_ids"], p["eos_ids"]
+    out: dict[str, Any] = {
+        "step": np.full(n, step, dtype=np.int64), "sample": (b + p["sample_offset"]).astype(np.int64),
+        "pos": t.astype(np.int64), "token_id": token_ids,
+        "token": [p["id_to_string"].get(int(i), str(int(i))) for i in token_ids],
+        "is_special": np.isin(token_ids, special), "is_eos": np.isin(token_ids, eos),
+        "masked": ~loss_mask[b, t],
+        "prefix_source": np.asarray(p["prefix_source"], dtype=object)[b],
+        "reference_only": np.zeros(n, dtype=bool) if p.get("reference_only") is None
+        else np.asarray(p["reference_only"], dtype=bool)[b],
+        "student_logp": s_lp[b, t], "teacher_logp": t_lp[b, t], "log_ratio": log_ratio.astype(np.float32),
+        "student_entropy": col("student_entropy"), "teacher_entropy": col("teacher_entropy"),
+        "signal": signal.astype(np.float32), "token_loss": token_loss, "drift": drift[b, t],
+    }
+    if has_t_topk:
+        t_ids, t_lps = p["teacher_topk_ids"][b, t].astype(np.int64), p["teacher_topk_logps"][b, t].astype(np.float32)
+        hit = t_ids == token_ids[:, None]
+        out["teacher_top1_prob"] = np.exp(t_lps[:, 0]) if k_t else np.full(n, np.nan, np.float32)
+        out["in_teacher_topk"] = hit.any(-1)
+        rank = np.where(hit.any(-1), hit.argmax(-1) + 1, k_t + 1)
+        out["teacher_rank"] = pa.array(col("teacher_rank", np.int64, 0) if p.get("teacher_rank") is not None
+                                       else rank.astype(np.int64), type=pa.int64())
+        out["in_teacher_nucleus"] = t_nucleus[b, t]
+        out["tokens_since_off_support"] = since[b, t]
+    else:
+        out["teacher_top1_prob"] = np.full(n, np.nan, np.float32)
+        out["in_teacher_topk"] = pa.nulls(n, type=pa.bool_())
+        out["teacher_rank"] = (pa.array(col("teacher_rank", np.int64, 0), type=pa.int64())
+                               if p.get("teacher_rank") is not None else pa.nulls(n, type=pa.int64()))
+    if p["student_topk_ids"] is not None:
+        in_topp = _in_nucleus(ids, p["student_topk_ids"], p["student_topk_logps"], p["rollout_top_p"])[b, t]
+    else:
+        in_topp = np.ones(n, dtype=bool)
+    out["in_student_topp"] = in_topp
+    for side in ("teacher", "student"):
+        tk_ids, tk_lps = p[f"{side}_topk_ids"], p[f"{side}_topk_logps"]
+        if tk_ids is None:
+            out[f"{side}_topk_ids"] = pa.array([[]] * n, type=pa.list_(pa.int64()))
+            out[f"{side}_topk_logps"] = pa.array([[]] * n, type=pa.list_(pa.float32()))
+        else:
+            k = tk_ids.shape[-1]
+            out[f"{side}_topk_ids"] = pa.FixedSizeListArray.from_arrays(
+                tk_ids[b, t].astype(np.int64).ravel(), k).cast(pa.list_(pa.int64()))
+            out[f"{side}_topk_logps"] = pa.FixedSizeListArray.from_arrays(
+                tk_lps[b, t].astype(np.float32).ravel(), k).cast(pa.list_(pa.float32()))
+    if p.get("student_support_mass") is not None:
+        out["student_support_mass"] = col("student_support_mass")
+    if has_t_topk and p["student_topk_ids"] is not None and k_t:
+        s_ids = p["student_topk_ids"][b, t]
+        overlap = (t_ids[:, :, None] == s_ids[:, None, :]).any(-1).sum(-1)
+        out["topk_overlap"] = (overlap / k_t).astype(np.float32)
+    for name in ("prompt", "response_text"):
+        if p.get(name) is not None:
+            out[name] = np.asarray(p[name], dtype=object)[b]
+    for name, dtype in (("correct", bool), ("reward", np.float32), ("format_ok", bool)):
+        if p.get(name) is not None:
+            out[name] = np.asarray(p[name], dtype=dtype)[b]
+    out["response_len"] = real.sum(1)[b].astype(np.int64)
+    table = pa.table(out)
+    return table, _summary(out, loss_mask[b, t], real)
+
+
+def _summary(out: dict, trained: np.ndarray, real: np.ndarray) -> dict:
+    """Per-step metrics the dashboard charts, computed from the logged responses (named as such)."""
+    sig = np.abs(out["signal"][trained].astype(np.float64))
+    sig = sig[np.isfinite(sig)]
+    special_sig = np.abs(out["signal"][trained & out["is_special"]].astype(np.float64))
+    total = sig.sum()
+    rows = trained & (out["prefix_source"] == "student")
+    ratio = (out["student_logp"] - out["teacher_logp"])[trained]
+    te = out["teacher_entropy"][rows]
+    return {
+        "response_len": float(real.sum(1).mean()) if real.size else None,
+        "signal_gini": gini(sig) if sig.size else None,
+        "signal_top1pct_share": top_share(sig, 0.01) if sig.size else None,
+        "special_token_signal_share": float(np.nansum(special_sig) / total) if total > 0 else None,
+        "teacher_entropy_student_prefix": float(np.nanmean(te)) if te.size and np.isfinite(te).any() else None,
+        # k1 estimate of the per-token reverse KL on the sampled tokens (unbiased, noisy).
+        "reverse_kl_sampled": float(ratio.mean()) if ratio.size else None,
+        "logged_tokens": int(trained.sum()),
+    }
+
+
+class OPDLogger:
+    """Writes an OPD Lab run directory from inside any trainer: sampled, cheap when off, disk I/O off-thread.
+
+    Args:
+        run_dir: the run directory to create (its name must be a valid run id). Or give ``runs_dir``
+            (and optionally ``name``) to create a fresh ``runs_dir/<name or sdk-TIME-XXXX>``.
+        config: what reproduces the run (written to config.json; the contract's keys are listed in
+            docs/integrations.md). ``objective``, ``student``, ``teacher`` and ``top_p`` are read by
+            the diagnostics; ``mask_special_tokens`` tells the mismatch check whether masking was on.
+        tokenizer: the student's tokenizer: token strings, special/EOS ids and response text come from it.
+        teacher_tokenizer: when given, the tokenizer comparison is written as alignment.json (FM3 page).
+        every: log token records every ``every`` steps (and at the first step logged).
+        max_samples: responses kept per logged step (the first ``max_samples`` rows of the batch).
+        enabled: False makes every call return at once and writes nothing.
+        top_k: K of the top-K lists :meth:`log_logits` derives.
+        nucleus_top_p: the teacher nucleus that defines "off support" for ``tokens_since_off_support``.
+        total_steps: the planned number of steps (shown as progress).
+        special_ids / eos_ids: override the tokenizer's special and EOS ids.
+        max_pending: logged steps that may wait for the writer before the training thread waits.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        runs_dir: str | Path | None = None,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        teacher_tokenizer: Any = None,
+        every: int = 10,
+        max_samples: int = 8,
+        enabled: bool = True,
+        top_k: int = 8,
+        nucleus_top_p: float = 0.9,
+        total_steps: int | None = None,
+        special_ids: Sequence[int] | None = None,
+        eos_ids: Sequence[int] | None = None,
+        max_pending: int = 4,
+    ):
+        for label, value, low in (("every", every, 1), ("max_samples", max_samples, 1), ("top_k", top_k, 0),
+                                  ("max_pending", max_pending, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise OPDLoggerError(f"{label} must be an integer >= {low}, got {value!r}")
+        if not 0 < nucleus_top_p <= 1:
+            raise OPDLoggerError(f"nucleus_top_p must be in (0, 1], got {nucleus_top_p!r}")
+        self.every, self.max_samples, self.top_k = every, max_samples, top_k
+        self.nucleus_top_p = float(nucleus_top_p)
+        self.enabled = bool(enabled) and _rank() == 0
+        self.tokenizer = tokenizer
+        self.closed = False
+        self.run_dir: Path | None = None
+        self._last_token_step: int | None = None
+        self._last_flushed: int | None = None
+        self._pending: tuple[int, dict] | None = None
+        self._id_to_string: dict[int, str] = {}
+        if not self.enabled:
+            return
+        self.config = {"trainer": "external", "objective": "unknown", "log_tokens_every": every,
+                       "log_max_samples": max_samples, "log_top_k": top_k, "nucleus_top_p": nucleus_top_p,
+                       **({"steps": total_steps} if total_steps is not None else {}), **dict(config or {})}
+        top_p = self.config.get("top_p", 1.0)
+        self.rollout_top_p = 1.0 if top_p is None else float(top_p)
+        self._special, self._eos = self._special_ids(tokenizer, special_ids, eos_ids)
+        self.run_dir = self._make_dir(run_dir, runs_dir, name)
+        self.t0 = time.time()
+        runs.write_config(self.run_dir, self.config)
+        runs.write_status(self.run_dir, state="running", step=0, total_steps=total_steps or self.config.get("steps"),
+                          started_at=self.t0, error=None)
+        runs.mark_process(self.run_dir)
+        if teacher_tokenizer is not None and tokenizer is not None:
+            from opd_core.alignment import compare_tokenizers
+
+            runs.atomic_write_json(self.run_dir / "alignment.json",
+                                   compare_tokenizers(tokenizer, teacher_tokenizer).to_dict())
+        self._metrics_writer = runs.MetricsWriter(self.run_dir)
+        self._writer = _Writer(self, max_pending)
+        self._writer.start()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (ref() is not None and ref()._drain())  # noqa: E731 - flush what was logged
+        atexit.register(self._atexit)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    @staticmethod
+    def _make_dir(run_dir: str | Path | None, runs_dir: str | Path | None, name: str | None) -> Path:
+        if run_dir is not None and (runs_dir is not None or name is not None):
+            raise OPDLoggerError("give either run_dir, or runs_dir (and optionally name), not both")
+        if run_dir is None:
+            return runs.create_run_dir(runs_dir if runs_dir is not None else "runs", name, prefix="sdk")
+        path = Path(run_dir)
+        runs.validate_run_id(path.name)
+        if runs.is_run_dir(path) or (path / runs.METRICS_FILE).exists():
+            raise runs.RunDirError(f"{path} already holds a run; give a new run_dir (one logger per run)")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _special_ids(tokenizer: Any, special_ids: Sequence[int] | None,
+                     eos_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        if special_ids is None:
+            special_ids = list(getattr(tokenizer, "all_special_ids", None) or [])
+        if eos_ids is None:
+            eos = getattr(tokenizer, "eos_token_id", None)
+            eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        return np.asarray(sorted(set(special_ids) | set(eos_ids)), dtype=np.int64), np.asarray(eos_ids, np.int64)
+
+    # ------------------------------------------------------------------ public API
+
+    def should_log(self, step: int) -> bool:
+        """Whether :meth:`log_step` at ``step`` would write token records (so callers can skip the work)."""
+        if not self.enabled or self.closed or step == self._last_token_step:
+            return False
+        return self._last_token_step is None or step % self.every == 0
+
+    def log_step(
+        self,
+        step: int,
+        *,
+        token_ids: Tensor | np.ndarray,
+        mask: Tensor | np.ndarray,
+        student_logp: Tensor | np.ndarray,
+        teacher_logp: Tensor | np.ndarray,
+        loss_mask: Tensor | np.ndarray | None = None,
+        student_entropy: Tensor | np.ndarray | None = None,
+        teacher_entropy: Tensor | np.ndarray | None = None,
+        teacher_topk_ids: Tensor | np.ndarray | None = None,
+        teacher_topk_logps: Tensor | np.ndarray | None = None,
+        student_topk_ids: Tensor | np.ndarray | None = None,
+        student_topk_logps: Tensor | np.ndarray | None = None,
+        teacher_rank: Tensor | np.ndarray | None = None,
+        student_support_mass: Tensor | np.ndarray | None = None,
+        signal: Tensor | np.ndarray | None = None,
+        token_loss: Tensor | np.ndarray | None = None,
+        prompts: Sequence[str] | None = None,
+        prefix_source: str | Sequence[str] = "student",
+        reference_only: Sequence[bool] | None = None,
+        correct: Sequence[bool] | None = None,
+        reward: Sequence[float] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Log the per-token records of one step's responses (only on steps :meth:`should_log` picks).
+
+        Tensors are [B,T] over *response* tokens (top-K ones [B,T,K]), aligned so that entry t scores
+        ``token_ids[:, t]`` given the prompt and the earlier response tokens. ``mask`` marks real
+        response tokens (False = padding, prompt); ``loss_mask`` the ones the loss trained on (default:
+        all of ``mask``; the others are logged with ``masked=True``). ``signal`` is what each token
+        contributes to the update (default: the sampled log-ratio). Only the first ``max_samples``
+        rows are kept. ``metrics`` are merged into the step's metrics line. Returns whether tokens were
+        queued for writing.
+        """
+        if not self.enabled:
+            return False
+        if metrics:
+            self.log_metrics(step, metrics)
+        if not self.should_log(step):
+            return False
+        self._check_step(step)
+        ids_full = token_ids if isinstance(token_ids, Tensor) else torch.as_tensor(np.asarray(token_ids))
+        if ids_full.dim() != 2:
+            raise OPDLoggerError(f"token_ids must be [B, T] (one row per response), got shape {tuple(ids_full.shape)}")
+        shape = tuple(ids_full.shape)
+        named = {"mask": mask, "student_logp": student_logp, "teacher_logp": teacher_logp, "loss_mask": loss_mask,
+                 "student_entropy": student_entropy, "teacher_entropy": teacher_entropy,
+                 "teacher_rank": teacher_rank, "student_support_mass": student_support_mass,
+                 "signal": signal, "token_loss": token_loss, "teacher_topk_ids": teacher_topk_ids,
+                 "teacher_topk_logps": teacher_topk_logps, "student_topk_ids": student_topk_ids,
+                 "student_topk_logps": student_topk_logps}
+        for key, value in named.items():
+            if value is not None and tuple(value.shape[:2]) != shape:
+                raise OPDLoggerError(f"{key} must have the shape of token_ids {shape}[, K], got {tuple(value.shape)}")
+        for side in ("teacher", "student"):
+            a, b = named[f"{side}_topk_ids"], named[f"{side}_topk_logps"]
+            if (a is None) != (b is None) or (a is not None and tuple(a.shape) != tuple(b.shape)):
+                raise OPDLoggerError(f"pass {side}_topk_ids and {side}_topk_logps together, with equal shapes [B, T, K]")
+        full_mask = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+        tokens_in_batch = int(full_mask.bool().sum())
+        m = min(self.max_samples, shape[0])
+        payload: dict[str, Any] = {k: _host(v, m) for k, v in named.items()}
+        payload["token_ids"] = _host(ids_full, m)
+        payload["mask"] = payload["mask"].astype(bool)
+        sources = [prefix_source] * m if isinstance(prefix_source, str) else list(prefix_source)[:m]
+        bad = sorted({s for s in sources if s not in ("student", "teacher")})
+        if bad or len(sources) != m:
+            raise OPDLoggerError(f"prefix_source must be 'student' or 'teacher' (or one per response), got {bad or sources}")
+        payload.update(
+            prefix_source=sources, sample_offset=0, special_ids=self._special, eos_ids=self._eos,
+            nucleus_top_p=self.nucleus_top_p, rollout_top_p=self.rollout_top_p,
+            id_to_string=self._strings(payload["token_ids"][payload["mask"]]),  # a snapshot: the worker reads it
+            prompt=None if prompts is None else [str(x) for x in list(prompts)[:m]],
+            response_text=self._responses(payload["token_ids"], payload["mask"]),
+            reference_only=None if reference_only is None else list(reference_only)[:m],
+            correct=None if correct is None else list(correct)[:m],
+            reward=None if reward is None else list(reward)[:m],
+        )
+        self._last_token_step = step
+        self._merge(step, {"tokens": tokens_in_batch}, default=True)
+        self._put(("tokens", step, payload))
+        return True
+
+    def log_logits(
+        self,
+        step: int,
+        *,
+        token_ids: Tensor,
+        mask: Tensor,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        loss_mask: Tensor | None = None,
+        objective: str | None = None,
+        objective_params: Mapping[str, Any] | None = None,
+        signal: Tensor | None = None,
+        token_loss: Tensor | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """:meth:`log_step` from both models' [B,T,V] logits (aligned to ``token_ids``), derived on logged steps only.
+
+        With ``objective`` (a registered name, e.g. ``"jsd"`` with ``objective_params={"beta": 0.5}``)
+        the per-token ``signal`` and ``token_loss`` are that objective's, as the engine logs them.
+        """
+        if not self.should_log(step):
+            if kwargs.get("metrics") and self.enabled:
+                self.log_metrics(step, kwargs["metrics"])
+            return False
+        m = min(self.max_samples, token_ids.shape[0])
+        s_logits, t_logits, ids = student_logits[:m].detach(), teacher_logits[:m].detach(), token_ids[:m]
+        stats = token_stats_from_logits(s_logits, t_logits, ids, self.top_k)
+        if objective is not None and signal is None:
+            from opd_core.objectives import per_token_loss
+
+            trained = (mask[:m] if loss_mask is None else loss_mask[:m]).bool()
+            out = per_token_loss(objective, s_logits, t_logits, ids, trained, **dict(objective_params or {}))
+            signal, token_loss = out.signal, out.loss.detach()
+        signal = None if signal is None else signal[:m]
+        token_loss = None if token_loss is None else token_loss[:m]
+        self._check_step(step)
+        self._merge(step, {"tokens": int(mask.bool().sum())}, default=True)  # the whole batch, not the sample
+        return self.log_step(step, token_ids=ids, mask=mask[:m], loss_mask=None if loss_mask is None else loss_mask[:m],
+                             signal=signal, token_loss=token_loss, **stats, **kwargs)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Add per-step metrics (loss, grad_norm, lr, ...); several calls for one step merge into one line."""
+        if not self.enabled:
+            return
+        self._check_step(step)
+        self._merge(step, dict(metrics))
+
+    def close(self, state: str = "finished", error: str | None = None) -> None:
+        """Write what is pending, wait for the writer, and record the final state; raises a writer error."""
+        if not self.enabled or self.closed:
+            return
+        if state not in runs.STATES:
+            raise OPDLoggerError(f"state must be one of {runs.STATES}, got {state!r}")
+        self._drain()
+        self.closed = True
+        self._writer.items.put(None)
+        self._writer.join()
+        self._metrics_writer.close()
+        atexit.unregister(self._atexit)
+        last = self._last_flushed if self._last_flushed is not None else self._last_token_step
+        err = error if error is not None else (repr(self._writer.error) if self._writer.error else None)
+        runs.write_status(self.run_dir, state=state, step=last or 0, finished_at=time.time(), error=err)
+        if self._writer.error is not None:
+            raise OPDLoggerError(f"OPD Lab logger failed to write to {self.run_dir}: {self._writer.error!r}") \
+                from self._writer.error
+
+    def __enter__(self) -> OPDLogger:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close("finished")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.close("stopped")
+        else:
+            self.close("failed", error=f"{exc_type.__name__}: {exc}")
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_step(self, step: int) -> None:
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise OPDLoggerError(f"step must be an integer, got {step!r}")
+        if self.closed:
+            raise OPDLoggerError("this logger is closed; create a new OPDLogger for a new run")
+        if self._last_flushed is not None and step <= self._last_flushed:
+            raise OPDLoggerError(
+                f"step {step} was already written (last written step {self._last_flushed}); steps must not "
+                "go backwards within one run; log a resumed run into a new run_dir"
+            )
+
+    def _merge(self, step: int, metrics: dict, default: bool = False) -> None:
+        """Collect a step's metrics; a new step sends the previous one's line to the writer.
+
+        ``default`` values (what the logger derives itself) never replace what the trainer reported.
+        """
+        if self._pending is not None and self._pending[0] != step:
+            self._flush_pending()
+        if self._pending is None:
+            self._pending = (step, {"step": int(step), "time_s": round(time.time() - self.t0, 4)})
+        for key, value in metrics.items():
+            if isinstance(value, Tensor):
+                value = value.item() if value.numel() == 1 else value.tolist()
+            if default:
+                self._pending[1].setdefault(key, value)
+            else:
+                self._pending[1][key] = value
+
+    def _flush_pending(self) -> None:
+        step, record = self._pending
+        for key in REQUIRED_METRICS:
+            record.setdefault(key, None)
+        self._pending = None
+        self._last_flushed = step
+        self._put(("metrics", step, record))
+
+    def _put(self, item: tuple) -> None:
+        self._writer.items.put(item)  # blocks only when max_pending logged steps already wait
+
+    def _drain(self) -> None:
+        if self._pending is not None:
+            self._flush_pending()
+        if self._writer.is_alive():
+            self._writer.items.join()
+
+    def _strings(self, ids: np.ndarray) -> dict[int, str]:
+        """Token strings of ``ids``; only ids never seen before are decoded (on this thread: see module doc)."""
+        if self.tokenizer is None:
+            return {}
+        wanted = [int(i) for i in np.unique(ids)]
+        new = [i for i in wanted if i not in self._id_to_string]
+        if new:
+            decoded = self.tokenizer.batch_decode([[i] for i in new], skip_special_tokens=False)
+            self._id_to_string.update(zip(new, decoded))
+        return {i: self._id_to_string[i] for i in wanted}
+
+    def _responses(self, ids: np.ndarray, mask: np.ndarray) -> list[str] | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.batch_decode([row[m].tolist() for row, m in zip(ids, mask)], skip_special_tokens=False)
+
