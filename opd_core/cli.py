@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -75,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument("--name", help="the new run's id")
         if name in ("fork", "launch"):
             r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name in ("launch", "resume", "fork"):
+            r.add_argument("--max-concurrent", type=int, default=None,
+                           help="runs allowed at once (default: the queue's setting, else cores - 1)")
         if name == "launch":
             r.add_argument("config", nargs="?")
             r.add_argument("--name")
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = ssub.add_parser("build", help="regenerate the shipped sample runs with the product's own recipes")
     b.add_argument("--out", default=None, help="where to write (default: ./sample_runs)")
     b.add_argument("--only", action="append", default=[], help="build only this sample (repeatable)")
+    b = ssub.add_parser("summary", help="print the table EXPERIMENTS.md reports (from the built sample runs)")
+    b.add_argument("--dir", default=None, help="sample runs folder (default: ./sample_runs)")
 
     p = sub.add_parser("bench", help="run the benchmark suite and print its table")
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -149,8 +153,11 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from opd_core.samples import build_samples
+    from opd_core.samples import build_samples, summary_table
 
+    if args.samples_command == "summary":
+        print(summary_table(args.dir).to_markdown(index=False, floatfmt=".3f"))
+        return 0
     build_samples(out_dir=args.out, only=args.only or None)
     return 0
 

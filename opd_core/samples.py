@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from opd_core import runs
 from opd_core.config import load_config
 
@@ -23,6 +25,7 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "top-p-sampled-token": ("top_p", []),
     "topk-support": ("topk_support", []),
     "topk-unnormalized": ("topk_unnormalized", []),
+    "topk-support-unmasked": ("topk_support", ["mask_special_tokens=false"]),
     "matched-sampled-token": ("matched", []),
     "forward-kl-mixed-prefixes": ("forward_kl_mixed", []),
 }
@@ -64,3 +67,38 @@ def build_samples(out_dir: str | Path | None = None, only: list[str] | None = No
             log(f"built {name} in {time.time() - t0:.0f}s -> {target}")
             made.append(target)
     return made
+
+
+def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per sample run: the numbers EXPERIMENTS.md compares against the paper's findings."""
+    from opd_core.diagnostics import health
+
+    base = Path(sample_dir) if sample_dir else default_samples_dir()
+    rows = []
+    for name in SAMPLES:
+        run = base / name
+        if not runs.is_run_dir(run):
+            continue
+        m = runs.read_metrics(run)
+        trained = m[m["step"] > 0]
+        evals = m[["step", "eval_accuracy"]].dropna()
+        first_logged = runs.token_steps(run)[0]
+        first = runs.read_tokens(run, steps=[first_logged], columns=["log_ratio", "masked", "reference_only"])
+        first = first[~first["reference_only"] & ~first["masked"]]
+        report = health(run)
+        rows.append({
+            "run": name,
+            "eval_acc_start": float(evals["eval_accuracy"].iloc[0]),
+            "eval_acc_best": float(evals["eval_accuracy"].max()),
+            "eval_acc_final": float(evals["eval_accuracy"].iloc[-1]),
+            "grad_norm_mean": float(trained["grad_norm"].mean()),
+            "response_len_first20": float(trained["response_len"].head(20).mean()),
+            "response_len_last20": float(trained["response_len"].tail(20).mean()),
+            "eos_rate_last20": float(trained["eos_rate"].tail(20).mean()),
+            "negative_reward_share_step1": float((first["log_ratio"] < 0).mean()),
+            "support_mass_first20": float(trained["student_support_mass"].head(20).mean()),
+            "support_mass_last20": float(trained["student_support_mass"].tail(20).mean()),
+            "special_signal_share": float(trained["special_token_signal_share"].mean()),
+            "flags": ",".join(sorted({f.mode for f in report.findings})) or "-",
+        })
+    return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -516,11 +517,21 @@ class _progress_bar:
 # ----------------------------------------------------------------------------- entry points
 
 
-def _install_sigterm(trainer: Trainer) -> None:
-    def handler(signum, frame):  # noqa: ARG001
-        trainer.stop_requested = True
+class _StopSignal:
+    """SIGTERM arrives while loading or mid-step: remember it, and let the loop stop after the step."""
 
-    signal.signal(signal.SIGTERM, handler)
+    def __init__(self) -> None:
+        self.requested = False
+        self.trainer: Trainer | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+        if self.trainer is not None:
+            self.trainer.stop_requested = True
 
 
 def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, dist: DistInfo | None = None) -> str:
@@ -528,10 +539,16 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
     run_dir = Path(run_dir)
     dist = dist or DistInfo()
     trainer = None
+    stop = _StopSignal()
+    stop.install()
     try:
         cfg = from_dict(runs.read_config(run_dir))
         trainer = Trainer(cfg, run_dir, dist=dist)
-        _install_sigterm(trainer)
+        stop.trainer = trainer
+        if stop.requested:  # stopped while the models were loading: nothing trained, nothing lost
+            if dist.is_main:
+                runs.write_status(run_dir, state="stopped", finished_at=time.time())
+            return "stopped"
         start = 0
         ckpt = checkpoints.latest(run_dir) if resume else None
         if ckpt is None and cfg.init_checkpoint:
@@ -587,9 +604,19 @@ def train_from_cli(config_path: str | None, overrides: list[str], runs_dir: str,
         if dist.is_main:
             print(run_dir, flush=True)
         state = run_in_dir(run_dir, resume=resume_flag, progress=progress, dist=dist)
+        if dist.is_main:
+            _start_queued_runs(run_dir.parent)
         return 0 if state in ("finished", "stopped") else 1
     finally:
         shutdown(dist)
+
+
+def _start_queued_runs(runs_dir: Path) -> None:
+    """A finished trainer frees a slot: start the next queued run even when no dashboard is open."""
+    with contextlib.suppress(Exception):  # the queue is best effort; this run's result stands regardless
+        from opd_core import launcher
+
+        launcher.pump(runs_dir)
 
 
 def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistInfo) -> tuple[Path, bool]:

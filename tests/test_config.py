@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from opd_core.config import ConfigError, RunConfig, config_reference_markdown, field_docs, from_dict, load_config
+from opd_core.config import (
+    ConfigError,
+    RunConfig,
+    config_reference_markdown,
+    field_docs,
+    from_dict,
+    load_config,
+)
 
 
 def test_defaults_validate_and_round_trip_through_json(tmp_path):
@@ -82,3 +89,9 @@ def test_docs_config_md_is_generated_from_the_config_and_in_sync():
     assert path.read_text() == config_reference_markdown() + "\n", (
         "docs/config.md is stale: regenerate it with "
         "python -c \"from opd_core.config import config_reference_markdown as m; open('docs/config.md','w').write(m()+'\\n')\"")
+
+
+def test_objective_params_given_as_text_is_parsed_or_named():
+    assert from_dict({"objective": "topk_support", "objective_params": '{"k": 4}'}).objective_params["k"] == 4
+    with pytest.raises(ConfigError, match="'objective_params'.*is not a JSON object"):
+        from_dict({"objective": "topk_support", "objective_params": "k=4"})

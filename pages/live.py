@@ -1,0 +1,157 @@
+"""Live page: watch runs train (progress, ETA, metrics, latest tokens, log tail) and stop, resume or fork them."""
+
+import datetime as dt
+
+import streamlit as st
+
+from app import charts, state, tables, widgets
+from app.sources import run_sources
+from app.token_strip import colourable_columns, token_strip_html
+from opd_core import checkpoints, launcher, runs
+from opd_core.config import ConfigError
+
+LIVE_STATE = "opd_live_runs"  # run ids to watch (the Launch page adds what it launches)
+TAILS_STATE = "_live_tails"
+REFRESH_S = 2.0
+TOKEN_COLUMNS = ("step", "sample", "pos", "token", "token_id", "is_special", "masked", "signal", "log_ratio",
+                 "teacher_logp", "student_logp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
+                 "student_topk_logps", "teacher_topk_tokens", "student_topk_tokens", "prompt", "prefix_source")
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
+               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
+               "failed": ":material/error:"}
+
+widgets.header("Live", "Watch runs while they train, next to each other; stop, resume or fork them from a "
+                       "checkpoint with one setting changed.")
+runs_dir = run_sources()["runs"]
+summaries = {s.run_id: s for s in launcher.list_runs(runs_dir)}  # pumps the queue
+if not summaries:
+    st.info(f"No runs in `{runs_dir}` yet: start one on the Launch page.", icon=":material/info:")
+    widgets.link_to("Launch", None, "Open the Launch page")
+    st.stop()
+
+watched = [r for r in st.session_state.get(LIVE_STATE, []) if r in summaries]
+if not watched:
+    watched = [r for r, s in summaries.items() if s.state in runs.ACTIVE_STATES][:4] or [next(iter(summaries))]
+st.session_state["_w_live_runs"] = watched
+chosen = st.multiselect("Runs to watch", list(summaries), key="_w_live_runs",
+                        format_func=lambda r: f"{r} ({summaries[r].state})")
+st.session_state[LIVE_STATE] = chosen
+if not chosen:
+    st.info("Pick at least one run above.", icon=":material/info:")
+    st.stop()
+focus = st.selectbox("Controls, tokens and log for", chosen, index=len(chosen) - 1, key="live_focus")
+
+
+def _duration(seconds: float | None) -> str:
+    return "–" if seconds is None else str(dt.timedelta(seconds=int(seconds)))
+
+
+def _tail(run_id: str) -> launcher.MetricsTail:
+    tails = st.session_state.setdefault(TAILS_STATE, {})
+    path = runs.run_path(runs_dir, run_id)
+    if run_id not in tails or tails[run_id].run_dir != path:
+        tails[run_id] = launcher.MetricsTail(path)
+    tails[run_id].update()  # reads only the lines added since the last refresh
+    return tails[run_id]
+
+
+def _progress_row(run_id: str, frame) -> launcher.Progress:
+    p = launcher.progress(runs.run_path(runs_dir, run_id), frame)
+    total = p.total_steps or "?"
+    text = (f"**{run_id}** · {p.state} · step {p.step} / {total} · elapsed {_duration(p.elapsed_s)}"
+            + (f" · ETA {_duration(p.eta_s)}" if p.eta_s is not None else ""))
+    st.progress(p.fraction, text=text)
+    if p.state == "failed":
+        st.error(f"{run_id} failed: {p.error or 'no error recorded'}", icon=STATE_ICONS["failed"])
+    return p
+
+
+def _controls(run_id: str, p: launcher.Progress) -> None:
+    run_dir = runs.run_path(runs_dir, run_id)
+    c_stop, c_resume, c_fork = st.columns(3)
+    if c_stop.button("Stop", key=f"live_stop:{run_id}", icon=":material/stop:",
+                     disabled=p.state not in runs.ACTIVE_STATES,
+                     help="SIGTERM: the trainer finishes the step, checkpoints and writes `stopped`."):
+        launcher.stop(run_dir)
+        st.toast(f"Stopping {run_id}: it finishes the current step first.")
+    if c_resume.button("Resume", key=f"live_resume:{run_id}", icon=":material/play_arrow:",
+                       disabled=p.state not in ("stopped", "failed"), help="Continue from the last checkpoint."):
+        launcher.resume(run_dir)
+        st.toast(f"Resuming {run_id} from its last checkpoint.")
+        st.rerun()  # the whole page, so auto-refresh switches back on
+    saved = checkpoints.list_checkpoints(run_dir)
+    with c_fork.popover("Fork", icon=":material/call_split:", disabled=not saved):
+        step = st.selectbox("From checkpoint step", list(reversed(saved)), key=f"live_fork_step:{run_id}")
+        changes = st.text_area("Change settings (key=value, one per line)", key=f"live_fork_set:{run_id}",
+                               placeholder="top_p=0.9\nmask_special_tokens=true")
+        if st.button("Fork", key=f"live_fork_go:{run_id}", type="primary"):
+            try:
+                child = launcher.fork(run_dir, step, [ln.strip() for ln in changes.splitlines() if ln.strip()],
+                                      runs_dir=runs_dir)
+            except (ConfigError, launcher.LauncherError) as exc:
+                st.error(str(exc), icon=":material/error:")
+            else:
+                st.session_state[LIVE_STATE] = [*st.session_state.get(LIVE_STATE, []), child.name]
+                st.session_state["_live_forked"] = child.name
+                st.rerun()
+
+
+def _latest_tokens(run_id: str) -> None:
+    run_dir = runs.run_path(runs_dir, run_id)
+    steps = state.token_steps(run_dir)
+    if not steps:
+        st.caption("No token records yet (written every `log_tokens_every` steps).")
+        return
+    rows = state.tokens(run_dir, [steps[-1]], TOKEN_COLUMNS)
+    if rows.empty:
+        return
+    sample = rows["sample"].min()
+    rows = rows[rows["sample"] == sample].sort_values("pos")
+    colour = next(iter(colourable_columns(rows.columns)), None)
+    st.caption(f"Latest logged tokens: step {steps[-1]}, sample {sample}"
+               + (f", coloured by {colour}" if colour else ""))
+    if colour:
+        st.html(token_strip_html(rows, colour, legend=False))
+
+
+def live_view() -> None:
+    """Everything that updates while the runs train (re-run every REFRESH_S seconds while any is active)."""
+    launcher.pump(runs_dir)
+    frames = {}
+    active = False
+    for run_id in chosen:
+        frame = _tail(run_id).frame()
+        frames[run_id] = frame
+        p = _progress_row(run_id, frame)
+        active = active or p.state in runs.ACTIVE_STATES
+    options = tables.numeric_metrics(frames)
+    if options:
+        default = "loss" if "loss" in options else options[0]
+        metric = st.selectbox("Metric", options, index=options.index(default), key="live_metric")
+        long = tables.compare_long(frames, metric, "step", 0.0)
+        widgets.chart(charts.compare_figure(long, metric), "One line per run, by step. A fork starts at its fork "
+                      "step + 1, so it lines up with its parent.", key="live_chart")
+    else:
+        st.caption("No metrics logged yet.")
+    st.subheader(focus)
+    p = launcher.progress(runs.run_path(runs_dir, focus), frames.get(focus))
+    if p.state == "finished":
+        st.success(f"{focus} finished ({p.step} steps).", icon=STATE_ICONS["finished"])
+    elif p.state == "stopped":
+        st.info(f"{focus} stopped at step {p.step}; Resume continues from its last checkpoint.",
+                icon=STATE_ICONS["stopped"])
+    _controls(focus, p)
+    if st.session_state.get("_live_forked"):
+        st.success(f"Forked into `{st.session_state['_live_forked']}` (now watched above).", icon=":material/check:")
+    _latest_tokens(focus)
+    with st.expander("Log tail", expanded=p.state == "failed"):
+        st.code(launcher.log_tail(runs.run_path(runs_dir, focus)) or "(empty)", language=None)
+    if active != st.session_state.get("_live_active", active):
+        st.session_state["_live_active"] = active
+        st.rerun(scope="app")  # switch auto-refresh on or off
+    st.session_state["_live_active"] = active
+
+
+any_active = any(summaries[r].state in runs.ACTIVE_STATES for r in chosen)
+st.session_state["_live_active"] = any_active
+st.fragment(run_every=REFRESH_S if any_active else None)(live_view)()

@@ -1,0 +1,155 @@
+"""The Launch and Live pages under Streamlit's AppTest: inline config errors, launching, watching, recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from opd_core import launcher, runs
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_ASSETS = REPO / "opd_core" / "toy" / "assets"
+TOY_RUN = {"steps": "5", "eval_every": "0", "log_tokens_every": "1", "checkpoint_every": "1",
+           "prompts_per_step": "2", "num_rollouts": "2", "eval_size": "4", "max_new_tokens": "12"}
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("OPD_LAB_RUNS_DIR", str(d))
+    monkeypatch.setenv("OPD_LAB_SAMPLE_RUNS", "")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv(launcher.ENV_MAX_CONCURRENT, raising=False)
+    monkeypatch.chdir(REPO)
+    return d
+
+
+@pytest.fixture
+def fake_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake trainer of test_launcher (same contract as the engine's), for page tests that need no model."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_launcher import FAKE_TRAINER
+
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    monkeypatch.setenv(launcher.ENV_TRAINER_CMD, f"{sys.executable} {script}")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
+def _page(name: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / "pages" / name), default_timeout=60)
+    return at
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _fill(at: AppTest, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        at.text_input(key=f"launch:{name}").set_value(value)
+    at.run()
+
+
+def test_a_bad_value_shows_the_fields_own_error_and_blocks_launch(runs_dir: Path) -> None:
+    at = _page("launch.py")
+    at.run()
+    assert not at.exception
+    assert not at.button(key="launch_go").disabled
+    _fill(at, {"top_p": "1.5"})
+    assert any("config field 'top_p'" in e and "<= 1.0" in e for e in _errors(at))
+    assert at.button(key="launch_go").disabled
+    _fill(at, {"top_p": "0.9", "steps": "many"})
+    assert _errors(at) == ["config field 'steps': 'many' is not an integer"]
+    _fill(at, {"steps": "5"})
+    assert not _errors(at) and not at.button(key="launch_go").disabled
+
+
+def test_choosing_a_preset_fills_the_form_with_its_settings(runs_dir: Path) -> None:
+    at = _page("launch.py")
+    at.run()
+    at.selectbox(key="launch_source").select("preset:top_p").run()
+    assert at.text_input(key="launch:top_p").value == "0.9"
+    at.selectbox(key="launch_source").select("preset:masked").run()
+    assert at.checkbox(key="launch:mask_special_tokens").value is True
+
+
+def _watch_until(run_id: str, states: tuple[str, ...], timeout: float = 120) -> AppTest:
+    live = _page("live.py")
+    live.session_state["opd_live_runs"] = [run_id]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        live.run()
+        assert not live.exception, live.exception
+        text = " ".join(str(p.proto.text) for p in live.get("progress")).replace("**", "")
+        if any(f"{run_id} · {s}" in text for s in states):
+            return live
+        time.sleep(0.3)
+    raise AssertionError(f"{run_id} never reached {states}: {runs.read_status(runs_dir_of(run_id))}")
+
+
+def runs_dir_of(run_id: str) -> Path:
+    return Path(os.environ["OPD_LAB_RUNS_DIR"]) / run_id
+
+
+def test_launching_from_the_form_trains_and_the_live_page_shows_it_finish(runs_dir: Path, fake_trainer: Path) -> None:
+    at = _page("launch.py")
+    at.run()
+    at.text_input(key="launch_name").set_value("page-run")
+    _fill(at, {**TOY_RUN, "student": str(fake_trainer), "teacher": str(fake_trainer)})
+    at.button(key="launch_go").click().run()
+    assert not _errors(at)
+    assert (runs_dir / "page-run" / runs.CONFIG_FILE).exists()
+    live = _watch_until("page-run", ("finished",))
+    assert any("finished (5 steps)" in s.value for s in live.success)
+    assert "step 5 / 5" in " ".join(str(p.proto.text) for p in live.get("progress"))
+
+
+def test_a_trainer_killed_with_sigkill_shows_as_failed_with_last_seen(runs_dir: Path, fake_trainer: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0.3")
+    cfg = {"student": str(fake_trainer), "teacher": str(fake_trainer), "steps": 100}
+    run_dir = launcher.launch(cfg, runs_dir, "doomed")
+    _watch_until("doomed", ("running",))
+    os.kill(runs.read_status(run_dir)["pid"], signal.SIGKILL)
+    live = _watch_until("doomed", ("failed",))
+    assert any("doomed failed" in e and "last seen" in e for e in _errors(live))
+
+
+def test_stop_and_resume_buttons_on_the_live_page(runs_dir: Path, fake_trainer: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    launcher.launch({"student": str(fake_trainer), "teacher": str(fake_trainer), "steps": 40}, runs_dir, "ctl")
+    live = _watch_until("ctl", ("running",))
+    live.button(key="live_stop:ctl").click().run()
+    live = _watch_until("ctl", ("stopped",))
+    monkeypatch.setenv("FAKE_STEP_S", "0.01")
+    live.button(key="live_resume:ctl").click().run()
+    _watch_until("ctl", ("finished",))
+    assert list(runs.read_metrics(runs_dir / "ctl")["step"]) == list(range(1, 41))
+
+
+def test_launch_a_five_step_toy_run_and_see_it_finish(runs_dir: Path) -> None:
+    """The real engine on the shipped toy pair (needs `opd-lab toy build` to have filled the assets)."""
+    assert any(TOY_ASSETS.iterdir()), "toy assets are missing: run `opd-lab toy build` first"
+    at = _page("launch.py")
+    at.run()
+    at.text_input(key="launch_name").set_value("toy-five")
+    _fill(at, TOY_RUN)
+    assert not _errors(at)
+    at.button(key="launch_go").click().run()
+    assert not _errors(at)
+    live = _watch_until("toy-five", ("finished", "failed"), timeout=240)
+    assert runs.read_status(runs_dir / "toy-five")["state"] == "finished", launcher.log_tail(runs_dir / "toy-five")
+    assert list(runs.read_metrics(runs_dir / "toy-five")["step"]) == [1, 2, 3, 4, 5]
+    assert not live.exception
