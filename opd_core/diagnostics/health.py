@@ -209,15 +209,23 @@ def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
         reasons.append("the tokenizer report shows " + " and ".join(what) + " with masking off")
     if not reasons:
         return []
+    carries = (_finite(special) and special >= t.special_share_warning) or (
+        _finite(eos) and eos >= t.eos_share_warning)
     critical = (_finite(special) and special >= t.special_share_critical) or (
-        _finite(eos_ratio) and eos_ratio <= t.eos_log_ratio and not masking_on)
+        _finite(eos_ratio) and eos_ratio <= t.eos_log_ratio and not masking_on and carries)
+    # The pair disagrees, but this run's objective puts almost no signal there (a distribution objective
+    # compares EOS by role through the vocabulary map): worth knowing, not what is hurting this run.
+    severity = "critical" if critical else ("warning" if carries else "info")
+    if not carries:
+        share = special if _finite(special) else 0.0
+        reasons.append(f"this run's objective puts only {share:.1%} of its signal on special tokens")
     keys = ("special_signal_share", "eos_signal_share", "eos_mean_log_ratio", "eos_masked_share",
             "largest_log_ratio", "largest_log_ratio_token", "largest_log_ratio_teacher_token",
             "eos_a", "eos_b", "eos_differs", "n_differing_ids")
     evidence = {k: _num(s[k]) for k in keys if k in s}
     evidence["mask_special_tokens"] = masking_on
     return [Finding(
-        mode="mismatch", severity="critical" if critical else "warning",
+        mode="mismatch", severity=severity,
         title="tokenizer / special-token mismatch: " + "; ".join(reasons),
         evidence=evidence,
         fix="mask_special_tokens=true and mask_after_eos=true (EOS mapped between tokenizers by meaning, "
