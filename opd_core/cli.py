@@ -112,8 +112,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from opd_core.config import ConfigError
     from opd_core.train import train_from_cli
+
+    hf_logging.disable_progress_bar()  # one progress bar on the terminal: the run's
 
     try:
         return train_from_cli(config_path=args.config, overrides=args.overrides, runs_dir=args.runs_dir,
@@ -176,7 +180,14 @@ HANDLERS: dict[str | None, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:  # noqa: ARG001
+    return f"opd-lab: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # a warning is a sentence for the user, not a source line
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -37,7 +37,7 @@ from opd_core.distributed import (
     shutdown,
 )
 from opd_core.objectives import ObjectiveBatch, TeacherNeeds, compute_objective, get_objective, reduce_loss
-from opd_core.objectives.chunked import token_logprob_stats
+from opd_core.objectives.chunked import token_logprob_stats, token_logprobs
 from opd_core.pairing import TokenizerPair
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.scoring import (
@@ -300,6 +300,19 @@ class Trainer:
                 "student_topk_ids": s["topk_ids"][..., :L], "student_topk_logps": s["topk_logps"][..., :L],
             }
 
+    def metric_stats(self, sc: Scored, out) -> dict[str, torch.Tensor]:
+        """The few per-token columns the step metrics read, for steps that write no token records."""
+        with torch.no_grad():
+            ids = sc.batch.response_ids
+            t = token_logprob_stats(sc.teacher.logits, ids, top_k=self.support_k if self.needs is not
+                                    TeacherNeeds.SAMPLED else 0, chunk_tokens=None)
+            s_lp = token_logprobs(sc.student_logits.detach(), ids).float()
+            nan = torch.full_like(t["entropy"], float("nan"))
+            mass = (support_mass(sc.student_logits.detach(), t["topk_ids"]) if t["topk_ids"].shape[-1] else nan)
+            return {"log_ratio": sc.teacher.sampled_logp - s_lp,
+                    "teacher_entropy": torch.where(sc.teacher.aligned, t["entropy"], nan),
+                    "student_support_mass": torch.where(sc.teacher.aligned, mass, nan)}
+
     def step_metrics(self, sc: Scored, out, cols: dict, grades: list) -> dict:
         from opd_core.diagnostics.imbalance import gini, top_share
 
@@ -436,7 +449,8 @@ class Trainer:
                 t4 = time.perf_counter()
                 by_prompt = {ex.prompt: ex for ex in examples}
                 grades, texts = self.grade(sc.prompts, sc.responses, by_prompt)
-                cols = self.token_stats(sc, out)
+                logging_step = main and self.is_log_step(step)
+                cols = self.token_stats(sc, out) if logging_step else self.metric_stats(sc, out)
                 extra = self.step_metrics(sc, out, cols, grades)
                 entropy = extra.pop("teacher_entropy")
                 metrics.update(extra)
@@ -444,7 +458,7 @@ class Trainer:
                     "teacher_entropy_teacher_prefix"
                 metrics[key] = entropy
                 t_log0 = time.perf_counter()
-                if main and self.is_log_step(step):
+                if logging_step:
                     self.log_tokens(step, sc, out, cols, by_prompt, grades, texts)
                     if self._reference_entropy is not None:
                         metrics["teacher_entropy_teacher_prefix"] = self._reference_entropy

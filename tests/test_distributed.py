@@ -33,7 +33,7 @@ def test_two_process_data_parallel_run_equals_single_process_run(tmp_path):
     single = _train(tmp_path, "single", [sys.executable])
     ddp = _train(tmp_path, "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    "--nproc_per_node", "2"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]  # rank 0 alone made a run dir
+    assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["ddp", "single"]  # rank 0 alone made one
     assert runs.validate_run_dir(ddp) == []
     assert runs.read_status(ddp)["world_size"] == 2
     a = runs.read_metrics(single)

@@ -1,0 +1,83 @@
+"""`python -m benchmarks --quick` prints every row of the table, none failed; the sweep maths is right."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.loss_memory import INPUT_COPIES, VIRTUAL_OVERHEAD, fitting_batch
+from benchmarks.scaling import describe, exponent
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED_ROWS = [
+    "step time, reverse KL full vocabulary: ours `reverse_kl` vs TRL GKDTrainer",
+    "step time: ours `topk_support` (k=32) vs TRL GKDTrainer",
+    "step time: ours `topk_support` (k=32) vs TRL DistillationTrainer",
+    "peak memory, one loss fwd+bwd",
+    "per-token logging share of step time",
+    "default toy run wall time",
+    "dashboard server time, slowest page, run with 160 logged tokens",
+    "dashboard server time, slowest page, run with 240 logged tokens",
+    "growth with T",
+    "growth with V",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--cache-dir", str(out / "cache"),
+                           "--json", str(out / "rows.json")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads((out / "rows.json").read_text())
+
+
+def test_quick_run_prints_one_table_row_per_measurement_and_none_failed(quick_run):
+    stdout, _ = quick_run
+    table = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| measurement")]
+    assert len(table) == len(EXPECTED_ROWS), stdout
+    for line, expected in zip(table, EXPECTED_ROWS):
+        assert line.startswith(f"| {expected}"), (expected, line)
+        assert "failed:" not in line, line
+        assert len(line.split(" | ")) == 6, line  # measurement, ours, anchor, ratio, goal, met
+
+
+def test_quick_run_writes_a_ratio_for_every_row_that_has_an_anchor(quick_run):
+    _, data = quick_run
+    assert data["quick"] is True and len(data["rows"]) == len(EXPECTED_ROWS)
+    for row in data["rows"]:
+        assert row["met"] is None  # smoke sizes never claim a goal
+        assert row["ratio"] is not None, row
+        if row["measurement"].startswith("step time"):
+            assert row["ratio"] > 0, row
+        elif not row["measurement"].startswith("growth"):
+            assert row["ratio"] >= 0, row  # a tiny loss can peak below the resident-set resolution
+
+
+def test_growth_exponent_is_the_power_of_the_law():
+    xs = [256, 512, 1024, 2048]
+    assert exponent(xs, [3.0 * x for x in xs]) == pytest.approx(1.0)
+    assert exponent(xs, [0.5 * x * x for x in xs]) == pytest.approx(2.0)
+    assert exponent(xs, [7.0] * 4) == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(exponent(xs, [1.0, 0.0, 1.0, 2.0]))  # a zero peak (below RSS resolution) has no power
+    assert [describe(0.1), describe(1.05), describe(2.0), describe(math.nan)] == ["flat", "linear", "super-linear",
+                                                                                   "n/a"]
+
+
+def test_memory_case_is_shrunk_to_the_largest_batch_that_fits():
+    seq, vocab, copies = 1024, 151_936, 7.0
+    one = seq * vocab * 4  # bytes of one float32 [1, T, V] tensor
+    need = lambda b: (copies + INPUT_COPIES + 0.5) * b * one + VIRTUAL_OVERHEAD  # noqa: E731
+    assert fitting_batch(copies, 4, seq, vocab, int(need(4))) == 4
+    assert fitting_batch(copies, 4, seq, vocab, int(need(4)) - 1) == 3
+    assert fitting_batch(copies, 4, seq, vocab, int(need(2)) + 10) == 2
+    assert fitting_batch(copies, 4, seq, vocab, int(need(1)) - 1) == 0
