@@ -3,84 +3,37 @@ it, resumes it and forks it; screenshots go to test-artifacts/screenshots/ for r
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from opd_core import launcher, runs
+from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 RUN_SETTINGS = {"steps": "400", "eval_every": "0", "log_tokens_every": "5", "checkpoint_every": "5",
                 "prompts_per_step": "2", "num_rollouts": "2", "eval_size": "4", "max_new_tokens": "12"}
 STEP_TEXT = re.compile(r"step (\d+) / ")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     runs_dir = tmp_path_factory.mktemp("runs")
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    exe = shutil.which("opd-lab")
-    cmd = [exe] if exe else [sys.executable, "-m", "opd_core"]
-    proc = subprocess.Popen([*cmd, "--runs-dir", str(runs_dir), "--port", str(port), "--no-samples"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"opd-lab exited early:\n{proc.stdout.read().decode(errors='replace')}")
+    with running_opd_lab(runs_dir, "--no-samples") as url:
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        raise AssertionError("opd-lab did not answer on /_stcore/health within 90 s")
-    yield url, runs_dir
-    for summary in runs.list_runs(runs_dir):  # no trainer outlives the test
-        if summary.state in runs.ACTIVE_STATES:
-            launcher.stop(summary.path)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+            yield url, runs_dir
+        finally:
+            for summary in runs.list_runs(runs_dir):  # no trainer outlives the test
+                if summary.state in runs.ACTIVE_STATES:
+                    launcher.stop(summary.path)
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (CI does this in .ci/run)")
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                                       headless=True, viewport={"width": 1400, "height": 1100})
-        yield context.new_page()
-        context.close()
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), {"width": 1400, "height": 1100}) as pg:
+        yield pg
 
 
 def _settled(page) -> None:

@@ -234,3 +234,12 @@ def test_torch_is_cpu_here_and_engine_runs_on_the_resolved_device():
 
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_bfloat16_weights_train_with_float32_losses(tmp_path):
+    run = train(_cfg(steps=2, dtype="bfloat16", objective="topk_support", objective_params={"k": 8},
+                     reference_rollouts=False), tmp_path)
+    metrics = runs.read_metrics(run)
+    assert runs.read_status(run)["state"] == "finished"
+    assert all(math.isfinite(x) for x in metrics["loss"])
+    assert runs.read_tokens(run, columns=["student_logp"])["student_logp"].dtype == "float32"
