@@ -131,8 +131,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
-        self.sampling = Sampling(max(cfg.temperature, 1e-5), cfg.top_p, cfg.top_k, cfg.max_new_tokens,
-                                 greedy=cfg.temperature == 0)
+        self.sampling = self._sampling(cfg.top_p, cfg.top_k)
         self.eval_examples = self.task.examples("eval", cfg.eval_size, seed=cfg.seed)
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opd-token-writer")
@@ -140,6 +139,11 @@ class Trainer:
         self.stop_requested = False
 
     # ------------------------------------------------------------------ rollouts
+    def _sampling(self, top_p: float, top_k: int) -> Sampling:
+        """The run's sampling with the given nucleus; temperature 0 means greedy decoding."""
+        t = self.cfg.temperature
+        return Sampling(t if t > 0 else 1.0, top_p, top_k, self.cfg.max_new_tokens, greedy=t == 0)
+
     def _prompt_ids(self, side: str, prompt: str) -> list[int]:
         key = (side, prompt)
         if key not in self._prompt_cache:
@@ -372,7 +376,7 @@ class Trainer:
                               id_to_string=self.pair.student_strings)]
         if cfg.reference_rollouts and self._last_source == "student":
             ref_prompts = list(dict.fromkeys(sc.prompts))
-            ref_resp = self.rollout(ref_prompts, "teacher", Sampling(cfg.temperature, 1.0, 0, cfg.max_new_tokens))
+            ref_resp = self.rollout(ref_prompts, "teacher", self._sampling(1.0, 0))
             ref = self.score(ref_prompts, ref_resp, grad=False)
             with torch.no_grad():
                 ref_out = self.objective(ref)

@@ -243,3 +243,10 @@ def test_bfloat16_weights_train_with_float32_losses(tmp_path):
     assert runs.read_status(run)["state"] == "finished"
     assert all(math.isfinite(x) for x in metrics["loss"])
     assert runs.read_tokens(run, columns=["student_logp"])["student_logp"].dtype == "float32"
+
+
+def test_greedy_rollouts_with_reference_rollouts_log_both_sources(tmp_path):
+    run = train(_cfg(steps=1, temperature=0), tmp_path)
+    tokens = runs.read_tokens(run, columns=["prefix_source"])
+    assert runs.read_status(run)["state"] == "finished"
+    assert set(tokens["prefix_source"]) == {"student", "teacher"}
