@@ -250,3 +250,23 @@ def test_greedy_rollouts_with_reference_rollouts_log_both_sources(tmp_path):
     tokens = runs.read_tokens(run, columns=["prefix_source"])
     assert runs.read_status(run)["state"] == "finished"
     assert set(tokens["prefix_source"]) == {"student", "teacher"}
+
+
+def test_a_checkpoint_this_project_did_not_make_trains_on_a_jsonl_task(tmp_path):
+    """The same engine path on local Hugging Face checkpoints (Qwen2-style student, padded teacher) and
+    a JSONL prompt file: byte-level BPE, ChatML template, an embedding table padded past the tokenizer."""
+    from tests.test_models_loading import byte_level_tokenizer, save_qwen2
+
+    tok = byte_level_tokenizer()
+    save_qwen2(tmp_path / "student", tok)
+    save_qwen2(tmp_path / "teacher", tok, extra_rows=9)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"hello {i} + {i}", "answer": str(2 * i)})
+                                 for i in range(12)) + "\n")
+    for objective in ("sampled_token", "topk_support"):
+        run = train(_cfg(student=str(tmp_path / "student"), teacher=str(tmp_path / "teacher"), task=str(prompts),
+                         objective=objective, objective_params={"k": 8} if objective == "topk_support" else {},
+                         steps=2, max_new_tokens=6, eval_every=1, eval_size=4), tmp_path / "runs")
+        assert runs.read_status(run)["state"] == "finished", runs.read_status(run).get("error")
+        assert runs.validate_run_dir(run) == []
+        assert json.loads((run / "alignment.json").read_text())["shared_vocabulary"] is True
