@@ -158,8 +158,11 @@ def _settle(run_dir: Path, status: dict) -> None:
 
 
 def _reap() -> None:
+    """Forget children that exited, recording how first: once forgotten, their exit code is lost."""
     for path, proc in list(_children.items()):
         if proc.poll() is not None:
+            if path.is_dir():
+                _settle(path, runs.read_status(path))
             del _children[path]
 
 
