@@ -149,7 +149,12 @@ def _settle(run_dir: Path, status: dict) -> None:
         runs.write_status(run_dir, state="stopped", error=None, finished_at=time.time())
         return
     proc = _children.get(run_dir.resolve())
-    code = proc.poll() if proc is not None else None
+    code = None
+    if proc is not None:
+        # The status already says the pid is gone or a zombie, so reaping it returns at once; poll() alone
+        # can still answer None for a child caught mid-exit, and then its exit code would never be told.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=0.5)
     if code is not None and code > 0:  # our child crashed (not killed): say what it printed
         line = _last_log_line(run_dir)
         runs.write_status(run_dir, state="failed", finished_at=time.time(),
