@@ -97,15 +97,26 @@ class TokenizerPair:
 
     # ------------------------------------------------------------------ responses
     def response_spans(self, response_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-        """The response's text and each student token's character span in it (cumulative decoding)."""
-        spans = []
-        prev = 0
-        text = ""
+        """The response's text and each student token's character span in it.
+
+        Fast path: decode each token alone and lay the pieces end to end, which is exact whenever they
+        concatenate to the decoded whole. Byte-level pieces of a multi-byte character or a decoder that
+        rewrites spaces break that; then cumulative decoding (quadratic, but right) is used instead.
+        """
+        kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        text = self.student.decode(response_ids, **kw)
+        pieces = [self.student.decode([t], **kw) for t in response_ids]
+        if "".join(pieces) == text:
+            spans, pos = [], 0
+            for piece in pieces:
+                spans.append((pos, pos + len(piece)))
+                pos += len(piece)
+            return text, spans
+        spans, prev = [], 0
         for i in range(len(response_ids)):
-            text = self.student.decode(response_ids[: i + 1], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
-            spans.append((prev, len(text)))
-            prev = len(text)
+            end = len(self.student.decode(response_ids[: i + 1], **kw))
+            spans.append((prev, end))
+            prev = end
         return text, spans
 
     def teacher_view(self, prompt: str, response_ids: list[int]) -> TeacherView:

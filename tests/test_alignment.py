@@ -149,3 +149,25 @@ def test_compare_refuses_a_tokenizer_without_eos(tmp_path):
 def test_report_round_trips_through_json(preset):
     report = compare_tokenizers(*resolve_pair(preset))
     assert json.loads(json.dumps(report.to_dict())) == report.to_dict()
+
+
+def test_response_spans_cover_the_text_on_both_the_fast_and_the_fallback_path():
+    from opd_core.models import load_tokenizer
+    from opd_core.pairing import TokenizerPair
+    from opd_core.toy.presets import resolve_pair
+
+    student_dir, teacher_dir = resolve_pair("toy:mismatched")
+    pair = TokenizerPair(load_tokenizer(student_dir), load_tokenizer(teacher_dir))
+    ids = pair.student("7+8=15;4+3+1=8;=85", add_special_tokens=False)["input_ids"] + pair.student_eos_ids[:1]
+    text, spans = pair.response_spans(ids)
+    assert "".join(text[a:b] for a, b in spans) == text and spans[-1][1] == len(text)
+    assert text[spans[-1][0]:] == "<|im_end|>"
+    # A byte-level tokenizer splitting one multi-byte character over two tokens takes the fallback.
+    from tests.test_models_loading import byte_level_tokenizer
+
+    bl = byte_level_tokenizer()
+    pair = TokenizerPair(bl, bl)
+    ids = bl("héllo wörld", add_special_tokens=False)["input_ids"]
+    text, spans = pair.response_spans(ids)
+    assert text == "héllo wörld" and spans[-1][1] == len(text)
+    assert all(a <= b for a, b in spans)
