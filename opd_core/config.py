@@ -11,6 +11,7 @@ Errors are one line naming the field, the value and what is allowed (``ConfigErr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tomllib
@@ -143,6 +144,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _coerce_number(name: str, value: Any, tp: type) -> int | float:
+    """An int or float field from a number or its text; booleans and fractional ints are refused."""
+    what = "an integer" if tp is int else "a number"
+    if not isinstance(value, bool):
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return tp(value)
+        elif tp is float and isinstance(value, int | float):
+            return float(value)
+        elif tp is int and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            return int(value)
+    raise ConfigError(f"config field '{name}': {value!r} is not {what}")
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Coerce ``value`` to the field type; strings from ``--set`` are parsed (true/false, numbers, JSON)."""
     origin = typing.get_origin(tp)
@@ -158,30 +173,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"config field '{name}': {value!r} is not a boolean; use true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config field '{name}': {value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config field '{name}': {value!r} is not an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config field '{name}': {value!r} is not a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config field '{name}': {value!r} is not a number")
+    if tp in (int, float):
+        return _coerce_number(name, value, tp)
     if tp is str:
         if isinstance(value, str):
             return value
