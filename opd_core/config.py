@@ -47,6 +47,8 @@ class RunConfig:
     device: str = _f("auto", "Models", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.")
     dtype: str = _f("float32", "Models", "Model weights dtype: float32, bfloat16, float16. Losses are always float32.",
                     choices=("float32", "bfloat16", "float16"))
+    autocast: bool = _f(False, "Models", "Run both models' forward passes under bfloat16 autocast (mixed "
+                        "precision: float32 weights and optimizer, bf16 matmuls). Losses stay float32.")
     cpu_threads: int = _f(0, "Models", "Torch CPU threads. 0 = auto: 1 thread when both models are small "
                           "(intra-op parallelism on tiny tensors costs more than it saves), else torch's default.",
                           lo=0, hi=1024)

@@ -171,10 +171,11 @@ class Trainer:
         responses = [r if r else [self.pair.student_eos_ids[0]] for r in responses]
         prompt_ids = [self._prompt_ids("student", p) for p in prompts]
         batch = build_batch(prompt_ids, responses, self.pair.student_pad_id, self.device)
-        with torch.set_grad_enabled(grad):
-            s_logits = response_logits(self.student.model, batch, self.pair.student_vocab_size)
         views = [self.pair.teacher_view(p, r) for p, r in zip(prompts, responses)]
-        t_scores = score_teacher(self.pair, self.teacher.model, views, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
+            with torch.set_grad_enabled(grad):
+                s_logits = response_logits(self.student.model, batch, self.pair.student_vocab_size)
+            t_scores = score_teacher(self.pair, self.teacher.model, views, batch)
         ids = batch.response_ids
         real = batch.response_mask
         eos = torch.zeros_like(real)

@@ -270,3 +270,22 @@ def test_a_checkpoint_this_project_did_not_make_trains_on_a_jsonl_task(tmp_path)
         assert runs.read_status(run)["state"] == "finished", runs.read_status(run).get("error")
         assert runs.validate_run_dir(run) == []
         assert json.loads((run / "alignment.json").read_text())["shared_vocabulary"] is True
+
+
+def test_bf16_autocast_runs_forwards_in_bfloat16_and_keeps_float32_weights_and_losses(tmp_path, monkeypatch):
+    seen = []
+    original = Trainer.objective
+
+    def spy(self, sc):
+        seen.append(sc.student_logits.dtype)
+        return original(self, sc)
+
+    monkeypatch.setattr(Trainer, "objective", spy)
+    run = train(_cfg(steps=2, autocast=True, objective="reverse_kl", reference_rollouts=False), tmp_path)
+    assert runs.read_status(run)["state"] == "finished"
+    assert torch.bfloat16 in seen  # the forward really ran under autocast
+    assert all(math.isfinite(x) for x in runs.read_metrics(run)["loss"])
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(str(run / "checkpoints" / "step_000002" / "student.safetensors")).values()} \
+        == {torch.float32}
