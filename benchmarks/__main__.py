@@ -7,12 +7,15 @@ and with the goals of issue #11 (BENCHMARKS.md holds a recorded run and what mov
     python -m benchmarks                 # the full suite (about 6-9 minutes on 2 CPU cores)
     python -m benchmarks --quick         # tiny sizes, in one process: checks every row prints
     python -m benchmarks --only step memory --json out.json
+    python -m benchmarks --only vocab    # step time at V=32,768 (random weights; not in the default run)
     opd-lab bench [same options]
 
 Rows: ``step`` (training step vs TRL GKDTrainer / DistillationTrainer), ``memory`` (one loss fwd+bwd at
 V=151,936, B=4, T=1024 vs TRL's generalized_jsd_loss), ``logging`` (per-token logging share of step
 time), ``pages`` (dashboard server time per page at 1M and 10M logged tokens), ``scaling`` (growth of
-loss time and memory with T and V). The 10M-token run is generated once into ``--cache-dir``.
+loss time and memory with T and V), and, only when asked for with ``--only vocab`` (about 6 minutes, 2 rounds),
+``vocab`` (the step rows again on a toy-sized pair with a 32,768-token vocabulary and random weights).
+The 10M-token run and the realistic-vocab pair are generated once into ``--cache-dir``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SECTIONS = ("step", "memory", "logging", "pages", "scaling")
+SECTIONS = ("step", "memory", "logging", "pages", "scaling", "vocab")
+DEFAULT_SECTIONS = ("step", "memory", "logging", "pages", "scaling")  # vocab is slow: run it with --only vocab
+VOCAB = 32_768
 DEFAULT_CACHE = Path(os.environ.get("OPD_LAB_BENCH_CACHE", Path.home() / ".cache" / "opd-lab-bench"))
 
 
@@ -59,13 +64,18 @@ def _failed(measurement: str, why: str, goal: str) -> Row:
 
 
 # --------------------------------------------------------------------------------------- rows
-def step_rows(quick: bool, rounds: int) -> list[Row]:
-    """Training step time, ours vs TRL, on the same toy pair, batch, length and objective family."""
+def step_rows(quick: bool, rounds: int, vocab: int = 0) -> list[Row]:
+    """Training step time, ours vs TRL, on the same pair, batch, length and objective family.
+
+    ``vocab`` 0 is the trained toy pair; otherwise the toy sizes with that vocabulary and random weights
+    (``benchmarks/realistic_vocab.py``), where the loss and its [B,T,V] tensors are a real share of the step.
+    """
     from benchmarks.vs_trl import compare
 
     steps, batch, new = (3, 4, 6) if quick else (10, 32, 24)
     cases = ["ours:reverse_kl", "ours:topk_support", "trl:gkd", "trl:distillation"]
-    per_round = [compare(cases, steps, batch, new, isolate=not quick) for _ in range(rounds)]
+    per_round = [compare(cases, steps, batch, new, isolate=not quick, vocab=vocab, timeout=540)
+                 for _ in range(rounds)]
     med: dict[str, float | str] = {}
     for case in cases:
         # best of the rounds' medians, the same rule for both sides: load from other processes only adds time
@@ -82,6 +92,8 @@ def step_rows(quick: bool, rounds: int) -> list[Row]:
     ]:
         a, b = med[ours], med[anchor]
         label = f"{label}; {batch} seqs x {new} new tokens, 1 thread"
+        if vocab:
+            label = f"{label}; V={vocab:,}, random weights"
         if isinstance(a, str) or isinstance(b, str):
             rows.append(_failed(label, a if isinstance(a, str) else b, goal))
             continue
@@ -226,19 +238,23 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--rounds", type=int, default=2,
                         help="step-time rounds, cases interleaved (the best round counts; default 2)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                        help=f"where the generated page-speed runs are kept (default {DEFAULT_CACHE})")
+                        help=f"where the generated page-speed runs and the realistic-vocab pair are kept "
+                             f"(default {DEFAULT_CACHE})")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    sections = args.only or list(SECTIONS)
+    os.environ["OPD_LAB_BENCH_CACHE"] = str(args.cache_dir)  # the realistic-vocab pair's workers build/read here
+    sections = args.only or list(DEFAULT_SECTIONS)
     header = machine()
     start = time.perf_counter()
     rows: list[Row] = []
     runners = {"step": lambda: step_rows(args.quick, 1 if args.quick else args.rounds),
                "memory": lambda: memory_rows(args.quick), "logging": lambda: logging_rows(args.quick),
-               "pages": lambda: page_rows(args.quick, args.cache_dir), "scaling": lambda: scaling_rows(args.quick)}
+               "pages": lambda: page_rows(args.quick, args.cache_dir), "scaling": lambda: scaling_rows(args.quick),
+               "vocab": lambda: step_rows(args.quick, 1 if args.quick else args.rounds,
+                                          4096 if args.quick else VOCAB)}
     for name in sections:
         t0 = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)

@@ -15,6 +15,13 @@ per-token statistics, metrics); TRL's is HF Trainer's step from ``on_step_begin`
 
     python benchmarks/vs_trl.py                      # 32 sequences per step, 24 new tokens, 12 steps
     python benchmarks/vs_trl.py --steps 4 --batch 8  # a quick look
+    python benchmarks/vs_trl.py --vocab 32768        # the same sizes, a realistic vocabulary, random weights
+
+With ``--vocab N`` both sides use the pair of ``benchmarks/realistic_vocab.py`` instead of ``toy:matched``:
+the toy layer sizes with an N-token vocabulary and seeded random weights (built once into the cache dir),
+and the toy addition prompts (ours read them from a JSONL file). Random weights rarely sample EOS, so every
+rollout runs the full ``max_new_tokens``, on both sides. Each result also carries the process's peak
+resident set (``peak_rss_mib``, from ``getrusage``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,19 +68,39 @@ def run_worker(cmd: list[str], timeout: float, preexec_fn=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pair_dirs(vocab: int) -> tuple[Path, Path, Path | None]:
+    """(student, teacher, prompt file or None) for the toy pair (``vocab`` 0) or the realistic-vocab pair."""
+    if vocab:
+        from benchmarks.realistic_vocab import build_pair
+
+        pair = build_pair(vocab)
+        return pair.student, pair.teacher, pair.task
+    from opd_core.toy.presets import resolve_pair
+
+    student_dir, teacher_dir = resolve_pair("toy:matched")
+    return student_dir, teacher_dir, None
+
+
 def _steady(times: list[float]) -> list[float]:
     return times[WARMUP_STEPS:] if len(times) > WARMUP_STEPS else times[-1:]
 
 
-def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_tokens: int) -> dict:
+def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
     """Median step of our loop on ``batch`` on-policy sequences per step (4 rollouts per prompt)."""
     from opd_core import runs
     from opd_core.config import load_config
     from opd_core.train import run_in_dir
 
     rollouts = 4 if batch % 4 == 0 else 1
+    student, teacher, task = _pair_dirs(vocab) if vocab else ("toy:matched", "toy:matched", None)
     overrides = [
-        "student=toy:matched", "teacher=toy:matched", f"objective={objective}", f"steps={steps}",
+        f"student={student}", f"teacher={teacher}", *([f"task={task}"] if task else []),
+        f"objective={objective}", f"steps={steps}",
         f"prompts_per_step={batch // rollouts}", f"num_rollouts={rollouts}", f"max_new_tokens={max_new_tokens}",
         "lmbda=1.0", "temperature=1.0", "top_p=1.0", "checkpoint_every=0", "eval_every=0", "cpu_threads=1",
         *(f"objective_params.{k}={v}" for k, v in params.items()),
@@ -89,19 +117,20 @@ def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_t
     core = (m["t_rollout"] + m["t_score"] + m["t_objective"] + m["t_optimizer"]).tolist()
     return {"step_ms": 1e3 * statistics.median(_steady(step_s)),
             "train_work_ms": 1e3 * statistics.median(_steady(core)),
-            "response_len": float(m["response_len"].mean()), "sequences": batch, "steps": steps}
+            "response_len": float(m["response_len"].mean()), "sequences": batch, "steps": steps,
+            "peak_rss_mib": _peak_rss_mib()}
 
 
-def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens: int, out_dir: str):
-    """GKDTrainer (or DistillationTrainer) on the toy pair, set up as TRL's own examples do."""
+def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens: int, out_dir: str,
+                 vocab: int = 0):
+    """GKDTrainer (or DistillationTrainer) on the toy (or realistic-vocab) pair, set up as TRL's examples do."""
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from opd_core.toy.presets import resolve_pair
     from opd_core.toy.task import AdditionTask
 
-    student_dir, teacher_dir = resolve_pair("toy:matched")
+    student_dir, teacher_dir, _ = _pair_dirs(vocab)
     tok = AutoTokenizer.from_pretrained(student_dir)
     student = AutoModelForCausalLM.from_pretrained(student_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
@@ -126,7 +155,7 @@ def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens:
                                    processing_class=tok)
 
 
-def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens: int) -> dict:
+def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
     """Median HF Trainer step (on_step_begin to on_step_end) of TRL's trainer on the same work."""
     import torch
     from transformers import TrainerCallback
@@ -145,7 +174,7 @@ def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens:
             self.times.append(time.perf_counter() - self._t0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trl_trainer(kind, params["beta"], steps, batch, max_new_tokens, tmp)
+        trainer = _trl_trainer(kind, params["beta"], steps, batch, max_new_tokens, tmp, vocab)
         timer = StepTimer()
         trainer.add_callback(timer)
         lengths: list[float] = []
@@ -161,27 +190,32 @@ def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens:
         trainer.train()
     return {"step_ms": 1e3 * statistics.median(_steady(timer.times)),
             "response_len": statistics.mean(lengths) if lengths else None, "sequences": batch, "steps": steps,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "peak_rss_mib": _peak_rss_mib()}
 
 
-def measure(case: str, steps: int, batch: int, max_new_tokens: int) -> dict:
-    """One case measured in this process."""
+def measure(case: str, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
+    """One case measured in this process (``vocab`` 0: the toy pair; else the realistic-vocab pair)."""
     side, name, params = CASES[case]
     fn = measure_ours if side == "ours" else measure_trl
-    return {"case": case, **fn(name, params, steps, batch, max_new_tokens)}
+    return {"case": case, "vocab": vocab or None, **fn(name, params, steps, batch, max_new_tokens, vocab)}
 
 
 def compare(cases: list[str], steps: int, batch: int, max_new_tokens: int, *, isolate: bool = True,
-            timeout: float = 300) -> dict[str, dict]:
+            timeout: float = 300, vocab: int = 0) -> dict[str, dict]:
     """Measure each case (each in a fresh subprocess when ``isolate``); a failure is recorded, not raised."""
+    if vocab:  # build the pair once here, not racing in the workers
+        from benchmarks.realistic_vocab import build_pair
+
+        build_pair(vocab)
     results = {}
     for case in cases:
         try:
             if isolate:
                 results[case] = run_worker([str(Path(__file__).resolve()), "--worker", case, "--steps", str(steps),
-                                            "--batch", str(batch), "--max-new-tokens", str(max_new_tokens)], timeout)
+                                            "--batch", str(batch), "--max-new-tokens", str(max_new_tokens),
+                                            "--vocab", str(vocab)], timeout)
             else:
-                results[case] = measure(case, steps, batch, max_new_tokens)
+                results[case] = measure(case, steps, batch, max_new_tokens, vocab)
         except Exception as exc:  # noqa: BLE001  (one failed case must not hide the others' rows)
             results[case] = {"case": case, "error": str(exc)}
         print(f"  [vs_trl] {case}: {results[case]}", file=sys.stderr, flush=True)
@@ -194,24 +228,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="vocabulary of a random-weight pair with the toy sizes (0: the trained toy pair)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per case before it counts as failed")
     parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.batch, args.max_new_tokens)))
+        print(json.dumps(measure(args.worker, args.steps, args.batch, args.max_new_tokens, args.vocab)))
         return
-    results = compare(args.cases, args.steps, args.batch, args.max_new_tokens)
+    results = compare(args.cases, args.steps, args.batch, args.max_new_tokens, timeout=args.timeout, vocab=args.vocab)
     anchor = results.get("trl:gkd", {}).get("step_ms")
-    print(f"{args.batch} sequences/step, max_new_tokens={args.max_new_tokens}, median of steps "
+    pair = f"random-weight pair, V={args.vocab:,}" if args.vocab else "toy:matched"
+    print(f"{pair}; {args.batch} sequences/step, max_new_tokens={args.max_new_tokens}, median of steps "
           f"{WARMUP_STEPS + 1}..{args.steps}, 1 torch thread per process\n")
-    print("| case | step (ms) | response tokens | vs TRL GKD |")
-    print("|---|---:|---:|---:|")
+    print("| case | step (ms) | response tokens | peak RSS (MiB) | vs TRL GKD |")
+    print("|---|---:|---:|---:|---:|")
     for case, r in results.items():
         if "error" in r:
-            print(f"| {case} | failed: {r['error'][:200]} | | |")
+            print(f"| {case} | failed: {r['error'][:200]} | | | |")
             continue
         ratio = f"{r['step_ms'] / anchor:.2f}x" if anchor else "-"
         length = f"{r['response_len']:.1f}" if r.get("response_len") is not None else "-"
-        print(f"| {case} | {r['step_ms']:.0f} | {length} | {ratio} |")
+        rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
+        print(f"| {case} | {r['step_ms']:.0f} | {length} | {rss} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from opd_core.objectives.chunked import token_logprobs
+from opd_core.objectives.chunked import auto_chunk_tokens, token_logprobs
 
 
 @dataclass
@@ -87,21 +87,35 @@ def nucleus_membership(logits: torch.Tensor, ids: torch.Tensor, top_p: float, te
 
 
 @torch.no_grad()
-def kl_both(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            chunk_tokens: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token reverse KL(p_S||p_T) and forward KL(p_T||p_S) over the full vocabulary: ([B,T], [B,T])."""
+def step_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ids: torch.Tensor, top_k: int = 0,
+               chunk_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """Everything a step's metrics need, in ONE chunked pass over both models' logits: [B, T] each.
+
+    ``student_logp`` (of ``ids``), ``teacher_entropy``, full-vocabulary ``reverse_kl`` KL(p_S||p_T) and
+    ``forward_kl`` KL(p_T||p_S), and with ``top_k`` the student's ``support_mass`` inside the teacher's
+    top-K. At a real vocabulary each separate pass costs about as much as the loss itself, so the
+    metrics of every step share one.
+    """
     B, T, V = student_logits.shape
+    chunk = auto_chunk_tokens(V, chunk_tokens)
     s_flat = student_logits.reshape(B * T, V)
     t_flat = teacher_logits.reshape(B * T, V)
-    rev = torch.empty(B * T, device=student_logits.device)
-    fwd = torch.empty(B * T, device=student_logits.device)
-    for s in range(0, B * T, chunk_tokens):
-        ls = F.log_softmax(s_flat[s:s + chunk_tokens].float(), -1)
-        lt = F.log_softmax(t_flat[s:s + chunk_tokens].float(), -1)
+    y = ids.reshape(B * T, 1)
+    names = ["student_logp", "teacher_entropy", "reverse_kl", "forward_kl"] + (["support_mass"] if top_k else [])
+    out = {n: torch.empty(B * T, device=student_logits.device) for n in names}
+    for a in range(0, B * T, chunk):
+        b = min(B * T, a + chunk)
+        ls = F.log_softmax(s_flat[a:b].float(), -1)
+        lt = F.log_softmax(t_flat[a:b].float(), -1)
+        ps, pt = ls.exp(), lt.exp()
         diff = ls - lt
-        rev[s:s + chunk_tokens] = (ls.exp() * diff).sum(-1)
-        fwd[s:s + chunk_tokens] = -(lt.exp() * diff).sum(-1)
-    return rev.reshape(B, T), fwd.reshape(B, T)
+        out["student_logp"][a:b] = ls.gather(-1, y[a:b]).squeeze(-1)
+        out["teacher_entropy"][a:b] = torch.special.entr(pt).sum(-1)
+        out["reverse_kl"][a:b] = (ps * diff).sum(-1)
+        out["forward_kl"][a:b] = -(pt * diff).sum(-1)
+        if top_k:
+            out["support_mass"][a:b] = ps.gather(-1, lt.topk(min(top_k, V), dim=-1).indices).sum(-1)
+    return {n: v.reshape(B, T) for n, v in out.items()}
 
 
 @torch.no_grad()

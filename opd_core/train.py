@@ -37,17 +37,17 @@ from opd_core.distributed import (
     shutdown,
 )
 from opd_core.objectives import ObjectiveBatch, TeacherNeeds, compute_objective, get_objective, reduce_loss
-from opd_core.objectives.chunked import token_logprob_stats, token_logprobs
+from opd_core.objectives.chunked import token_logprob_stats
 from opd_core.pairing import TokenizerPair
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.scoring import (
     SequenceBatch,
     TeacherScores,
     build_batch,
-    kl_both,
     nucleus_membership,
     response_logits,
     score_teacher,
+    step_stats,
     support_mass,
 )
 from opd_core.token_records import SampleInfo, build_table
@@ -305,34 +305,24 @@ class Trainer:
                 "student_topk_ids": s["topk_ids"][..., :L], "student_topk_logps": s["topk_logps"][..., :L],
             }
 
-    def metric_stats(self, sc: Scored, out) -> dict[str, torch.Tensor]:
-        """The few per-token columns the step metrics read, for steps that write no token records."""
-        with torch.no_grad():
-            ids = sc.batch.response_ids
-            t = token_logprob_stats(sc.teacher.logits, ids, top_k=self.support_k if self.needs is not
-                                    TeacherNeeds.SAMPLED else 0, chunk_tokens=None)
-            s_lp = token_logprobs(sc.student_logits.detach(), ids).float()
-            nan = torch.full_like(t["entropy"], float("nan"))
-            mass = (support_mass(sc.student_logits.detach(), t["topk_ids"]) if t["topk_ids"].shape[-1] else nan)
-            return {"log_ratio": sc.teacher.sampled_logp - s_lp,
-                    "teacher_entropy": torch.where(sc.teacher.aligned, t["entropy"], nan),
-                    "student_support_mass": torch.where(sc.teacher.aligned, mass, nan)}
-
-    def step_metrics(self, sc: Scored, out, cols: dict, grades: list) -> dict:
+    def step_metrics(self, sc: Scored, out, grades: list) -> dict:
+        """The step's metrics from one fused pass over both logit tensors (``scoring.step_stats``)."""
         from opd_core.diagnostics.imbalance import gini, top_share
 
         m = sc.mask
         real = sc.batch.response_mask
+        al = sc.teacher.aligned
+        k = self.support_k if self.needs is not TeacherNeeds.SAMPLED else 0
+        st = step_stats(sc.student_logits.detach(), sc.teacher.logits, sc.batch.response_ids, top_k=k)
         sig = out.signal.detach().abs()[m].float().cpu().numpy()
-        rev, fwd = kl_both(sc.student_logits.detach(), sc.teacher.logits)
-        al = sc.teacher.aligned & m
         total = float(sig.sum())
         special_sig = float(out.signal.detach().abs()[m & (sc.special | sc.eos)].sum())
-        lr = cols["log_ratio"][m]
-        te = cols["teacher_entropy"][real & sc.teacher.aligned]
+        lr = (sc.teacher.sampled_logp - st["student_logp"])[m]
+        te = st["teacher_entropy"][real & al]
+        scored = al & m
         return {
-            "reverse_kl": float(rev[al].mean()) if al.any() else None,
-            "forward_kl": float(fwd[al].mean()) if al.any() else None,
+            "reverse_kl": float(st["reverse_kl"][scored].mean()) if scored.any() else None,
+            "forward_kl": float(st["forward_kl"][scored].mean()) if scored.any() else None,
             "response_len": float(real.sum(-1).float().mean()),
             "signal_gini": gini(sig) if sig.size else None,
             "signal_top1pct_share": top_share(sig, 0.01) if sig.size else None,
@@ -340,7 +330,7 @@ class Trainer:
             "negative_reward_share": float((lr < 0).float().mean()) if lr.numel() else None,
             "mean_log_ratio": float(lr.mean()) if lr.numel() else None,
             "teacher_entropy": float(te.mean()) if te.numel() else None,
-            "student_support_mass": float(cols["student_support_mass"][al].mean()) if al.any() else None,
+            "student_support_mass": float(st["support_mass"][scored].mean()) if k and scored.any() else None,
             "masked_share": float(1 - m.sum() / real.sum().clamp(min=1)),
             "train_accuracy": float(np.mean([g.correct for g in grades])) if grades else None,
             "eos_rate": float((sc.eos & real).any(-1).float().mean()),
@@ -455,8 +445,7 @@ class Trainer:
                 by_prompt = {ex.prompt: ex for ex in examples}
                 grades, texts = self.grade(sc.prompts, sc.responses, by_prompt)
                 logging_step = main and self.is_log_step(step)
-                cols = self.token_stats(sc, out) if logging_step else self.metric_stats(sc, out)
-                extra = self.step_metrics(sc, out, cols, grades)
+                extra = self.step_metrics(sc, out, grades)
                 entropy = extra.pop("teacher_entropy")
                 metrics.update(extra)
                 key = "teacher_entropy_student_prefix" if self._last_source == "student" else \
@@ -464,7 +453,7 @@ class Trainer:
                 metrics[key] = entropy
                 t_log0 = time.perf_counter()
                 if logging_step:
-                    self.log_tokens(step, sc, out, cols, by_prompt, grades, texts)
+                    self.log_tokens(step, sc, out, self.token_stats(sc, out), by_prompt, grades, texts)
                     if self._reference_entropy is not None:
                         metrics["teacher_entropy_teacher_prefix"] = self._reference_entropy
                 metrics["t_logging"] = time.perf_counter() - t_log0

@@ -81,3 +81,31 @@ def test_memory_case_is_shrunk_to_the_largest_batch_that_fits():
     assert fitting_batch(copies, 4, seq, vocab, int(need(4)) - 1) == 3
     assert fitting_batch(copies, 4, seq, vocab, int(need(2)) + 10) == 2
     assert fitting_batch(copies, 4, seq, vocab, int(need(1)) - 1) == 0
+
+
+def test_quick_vocab_section_prints_the_three_step_rows_at_the_larger_vocabulary(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "vocab", "--cache-dir",
+                           str(tmp_path / "cache"), "--json", str(tmp_path / "rows.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert len(rows) == 3, rows
+    for row, expected in zip(rows, EXPECTED_ROWS[:3]):
+        assert row["measurement"].startswith(expected), (expected, row)
+        assert "V=4,096, random weights" in row["measurement"], row
+        assert not row["ours"].startswith("failed"), row
+        assert row["ratio"] is not None and row["ratio"] > 0, row
+    assert (tmp_path / "cache" / "vocab-4096-v2" / "COMPLETE").exists()  # built under --cache-dir, not the repo
+
+
+def test_synthetic_tokenizer_has_exactly_the_requested_size_and_a_working_chat_template():
+    from benchmarks.realistic_vocab import synthetic_tokenizer
+
+    tok = synthetic_tokenizer(1000)
+    assert len(tok) == 1000
+    assert None not in (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id)
+    ids = tok.apply_chat_template([{"role": "user", "content": "47+38"}], add_generation_prompt=True, tokenize=False)
+    assert tok.decode(tok(ids, add_special_tokens=False)["input_ids"]) == ids
+    with pytest.raises(ValueError, match="too small"):
+        synthetic_tokenizer(20)
