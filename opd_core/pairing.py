@@ -87,13 +87,21 @@ class TokenizerPair:
         # Teacher vocabulary -> student vocabulary (by string; specials by role) for distribution comparisons.
         self.student_to_teacher = None if self.shared else alignment.vocab_id_map(student_tok, teacher_tok)
         self.student_strings = student_tok.convert_ids_to_tokens(list(range(self.student_vocab_size)))
+        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
 
     # ------------------------------------------------------------------ prompts
     def student_prompt_ids(self, prompt: str) -> list[int]:
-        return _chat_prompt_ids(self.student, prompt)
+        return self._prompt_ids("student", prompt)
 
     def teacher_prompt_ids(self, prompt: str) -> list[int]:
-        return _chat_prompt_ids(self.teacher, prompt)
+        return self._prompt_ids("teacher", prompt)
+
+    def _prompt_ids(self, side: str, prompt: str) -> list[int]:
+        """Rendered once per prompt and side: every rollout of a prompt, every step, reuses it."""
+        key = (side, prompt)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = _chat_prompt_ids(self.student if side == "student" else self.teacher, prompt)
+        return self._prompt_cache[key]
 
     # ------------------------------------------------------------------ responses
     def response_spans(self, response_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
@@ -141,7 +149,6 @@ class TokenizerPair:
             t_spans.append((spans[-1][0], spans[-1][0]))
             owner.append(eos_at)
         aligned_to = [-1] * n
-        strings = [""] * n
         span_index = {sp: j for j, sp in enumerate(t_spans) if sp[1] > sp[0]}
         for i, sp in enumerate(student_spans):
             j = span_index.get(tuple(sp))

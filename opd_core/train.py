@@ -133,7 +133,6 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
         self.sampling = self._sampling(cfg.top_p, cfg.top_k)
         self.eval_examples = self.task.examples("eval", cfg.eval_size, seed=cfg.seed)
-        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opd-token-writer")
         self._pending: list[Future] = []
         self.stop_requested = False
@@ -144,21 +143,14 @@ class Trainer:
         t = self.cfg.temperature
         return Sampling(t if t > 0 else 1.0, top_p, top_k, self.cfg.max_new_tokens, greedy=t == 0)
 
-    def _prompt_ids(self, side: str, prompt: str) -> list[int]:
-        key = (side, prompt)
-        if key not in self._prompt_cache:
-            fn = self.pair.student_prompt_ids if side == "student" else self.pair.teacher_prompt_ids
-            self._prompt_cache[key] = fn(prompt)
-        return self._prompt_cache[key]
-
     def rollout(self, prompts: list[str], source: str, sampling: Sampling) -> list[list[int]]:
         """Responses in the student's tokens, written by the student or (teacher prefixes) by the teacher."""
         if source == "student":
-            ids = [self._prompt_ids("student", p) for p in prompts]
+            ids = [self.pair.student_prompt_ids(p) for p in prompts]
             responses, _ = sample_responses(self.student.model, ids, sampling, eos_ids=self.pair.student_eos_ids,
                                             pad_id=self.pair.student_pad_id, vocab_size=self.pair.student_vocab_size)
             return responses
-        ids = [self._prompt_ids("teacher", p) for p in prompts]
+        ids = [self.pair.teacher_prompt_ids(p) for p in prompts]
         t_resp, _ = sample_responses(self.teacher.model, ids, sampling, eos_ids=self.pair.teacher_eos_ids,
                                      pad_id=self.pair.teacher_pad_id, vocab_size=len(self.pair.teacher))
         if self.pair.shared:
@@ -169,7 +161,7 @@ class Trainer:
     def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool) -> Scored:
         """One student forward (with grad when training) and one teacher forward over the same responses."""
         responses = [r if r else [self.pair.student_eos_ids[0]] for r in responses]
-        prompt_ids = [self._prompt_ids("student", p) for p in prompts]
+        prompt_ids = [self.pair.student_prompt_ids(p) for p in prompts]
         batch = build_batch(prompt_ids, responses, self.pair.student_pad_id, self.device)
         views = [self.pair.teacher_view(p, r) for p, r in zip(prompts, responses)]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
@@ -178,21 +170,18 @@ class Trainer:
             t_scores = score_teacher(self.pair, self.teacher.model, views, batch)
         ids = batch.response_ids
         real = batch.response_mask
-        eos = torch.zeros_like(real)
-        for e in self.pair.student_eos_ids:
-            eos |= ids == e
-        special = torch.zeros_like(real)
-        for s in self.pair.special_ids:
-            special |= ids == s
-        mask = real.clone()
+        eos = torch.isin(ids, self._id_tensor(self.pair.student_eos_ids))
+        special = torch.isin(ids, self._id_tensor(self.pair.special_ids))
+        mask = real & ~torch.isin(ids, self._id_tensor(self.pair.masked_ids))
         if self.cfg.mask_after_eos:
             seen_eos = (eos & real).long().cumsum(-1) - (eos & real).long()
             mask &= seen_eos == 0
-        for m in self.pair.masked_ids:
-            mask &= ids != m
         if self.needs is not TeacherNeeds.SAMPLED:
             mask &= t_scores.aligned  # a full distribution exists only where the two tokenizations agree
         return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special & real, eos & real)
+
+    def _id_tensor(self, ids) -> torch.Tensor:
+        return torch.tensor(sorted(ids), dtype=torch.long, device=self.device)
 
     def objective(self, sc: Scored):
         ids = sc.batch.response_ids
