@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, state, widgets
+from opd_core.diagnostics import mismatch
 
 widgets.header("Tokenizer mismatch", "Failure mode 3 — different vocabularies, special tokens or EOS: the teacher "
                                      "is asked about ids it reads as something else and answers with giant, wrong "
@@ -22,7 +23,8 @@ c[0].metric("|signal| on special tokens", widgets.fmt(view["special_share"], ".0
             help="Share of the total |signal| carried by special tokens (EOS, template markers).")
 c[1].metric("|signal| on EOS", widgets.fmt(view["eos_share"], ".0%"))
 c[2].metric("vocabulary overlap", widgets.fmt((alignment or {}).get("overlap_ratio"), ".0%"))
-c[3].metric("EOS maps to", str((alignment or {}).get("eos_maps_to") or "–"))
+eos_verdict, eos_detail = mismatch.student_eos_for_teacher(alignment)
+c[3].metric("student EOS, to the teacher", eos_verdict, help=eos_detail or None)
 
 st.subheader("The two tokenizers")
 if alignment is None:

@@ -356,3 +356,18 @@ def test_pick_steps_keeps_first_and_last_and_spreads_the_rest():
     assert pick_steps(list(range(0, 100, 5)), 3) == [0, 50, 95]
     assert pick_steps([4, 1, 9], None) == [1, 4, 9]
     assert pick_steps([1, 2], 8) == [1, 2]
+
+
+def test_student_eos_for_teacher_reads_the_structured_report_of_both_shipped_pairs():
+    import json
+
+    from opd_core.diagnostics.mismatch import student_eos_for_teacher
+    from opd_core.samples import default_samples_dir
+
+    def report(name):
+        return json.loads((default_samples_dir() / name / "alignment.json").read_text())
+
+    verdict, detail = student_eos_for_teacher(report("baseline-sampled-token"))
+    assert verdict == "not its EOS" and "'<|im_end|>' is not the other side's EOS" in detail
+    assert student_eos_for_teacher(report("matched-sampled-token"))[0] == "its EOS too"
+    assert student_eos_for_teacher(None) == ("–", "")

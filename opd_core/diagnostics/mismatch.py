@@ -207,3 +207,16 @@ def summary(tokens: pd.DataFrame, alignment: dict | None = None) -> dict:
                     out[key] = str(top[col].iloc[0])
     out.update(alignment_problems(alignment))
     return out
+
+
+def student_eos_for_teacher(alignment: dict | None) -> tuple[str, str]:
+    """How the teacher reads the student's EOS, as (a short verdict, the report's full sentence).
+
+    The alignment report keeps this structured (``eos_maps_to["a_in_b"]``); a page tile needs two words.
+    """
+    maps = (alignment or {}).get("eos_maps_to")
+    side = maps.get("a_in_b") if isinstance(maps, dict) else None
+    if not isinstance(side, dict):
+        return "–", ""
+    verdict = "its EOS too" if side.get("is_eos") else "not its EOS"
+    return verdict, str(side.get("summary") or "")
