@@ -70,6 +70,20 @@ class RunDirError(ValueError):
     """A run directory or run id that cannot be used, with a message naming the problem and the fix."""
 
 
+class RunFileError(ValueError):
+    """One file of a run directory is damaged; readers raise it (or record it) so that only that file of
+    that run is lost to the reader, and the message names the file and what is wrong with it.
+
+    ``path`` is relative to the run directory (``tokens/step_000020.parquet``); ``reason`` is a short
+    phrase (``not a Parquet file (0 bytes)``). ``str(err)`` is ``"<path>: <reason>"``.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 # ----------------------------------------------------------------------------- naming and paths
 
 
