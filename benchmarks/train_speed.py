@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from opd_core import runs  # noqa: E402
 from opd_core.config import load_config  # noqa: E402
-from opd_core.train import run_in_dir  # noqa: E402
+from opd_core.train_entry import run_in_dir  # noqa: E402
 
 PHASES = ("t_rollout", "t_score", "t_objective", "t_optimizer", "t_metrics", "t_logging", "t_eval")
 

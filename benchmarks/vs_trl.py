@@ -94,7 +94,7 @@ def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_t
     """Median step of our loop on ``batch`` on-policy sequences per step (4 rollouts per prompt)."""
     from opd_core import runs
     from opd_core.config import load_config
-    from opd_core.train import run_in_dir
+    from opd_core.train_entry import run_in_dir
 
     rollouts = 4 if batch % 4 == 0 else 1
     student, teacher, task = _pair_dirs(vocab) if vocab else ("toy:matched", "toy:matched", None)

@@ -115,15 +115,28 @@ def _train(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from opd_core.config import ConfigError
-    from opd_core.train import train_from_cli
+    from opd_core.train_entry import train_from_cli
 
     hf_logging.disable_progress_bar()  # one progress bar on the terminal: the run's
 
     try:
-        return train_from_cli(config_path=args.config, overrides=args.overrides, runs_dir=args.runs_dir,
-                              name=args.name, resume=args.resume, progress=not args.no_progress)
+        outcome = train_from_cli(config_path=args.config, overrides=args.overrides, runs_dir=args.runs_dir,
+                                 name=args.name, resume=args.resume, progress=not args.no_progress)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    if outcome.run_dir is not None:
+        _start_queued_runs(outcome.run_dir.parent)
+    return outcome.code
+
+
+def _start_queued_runs(runs_dir) -> None:
+    """This trainer's slot is free: start the next queued run even when no dashboard is open."""
+    import contextlib
+
+    from opd_core import launcher
+
+    with contextlib.suppress(Exception):  # the queue is best effort; this run's result stands regardless
+        launcher.pump(runs_dir)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -346,8 +346,11 @@ def fork(parent_dir: str | Path, step: int | None = None, changes: Mapping[str, 
 
 
 def list_runs(runs_dir: str | Path) -> list[runs.RunSummary]:
-    """Every run in ``runs_dir`` with its state (after pumping the queue), newest first."""
-    pump(runs_dir)
+    """Every run in ``runs_dir`` with its state, newest first. Side-effect free: it never starts a run.
+
+    The queue is pumped by whoever launches (:func:`launch`, :func:`resume`, :func:`fork`, :func:`pump`)
+    and by a trainer's CLI process when its training returns.
+    """
     return runs.list_runs(runs_dir)
 
 

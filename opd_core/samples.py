@@ -37,7 +37,7 @@ def default_samples_dir() -> Path:
 
 def build_samples(out_dir: str | Path | None = None, only: list[str] | None = None, log=print) -> list[Path]:
     """Train every sample run (or ``only`` these) and move each finished run into ``out_dir``."""
-    from opd_core.train import run_in_dir
+    from opd_core.train_entry import run_in_dir
 
     out = Path(out_dir) if out_dir else default_samples_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,9 @@ SIGTERM (finish the step, checkpoint, write ``stopped``). Every step's randomnes
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
 import sys
-import threading
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +21,12 @@ import numpy as np
 import torch
 
 from opd_core import checkpoints, runs
-from opd_core.config import ConfigError, RunConfig, from_dict, load_config
+from opd_core.config import ConfigError, RunConfig
 from opd_core.distributed import (
     DistInfo,
     all_reduce_gradients,
     all_reduce_sum,
     any_rank,
-    broadcast_object,
-    init_from_env,
-    shutdown,
 )
 from opd_core.objectives import ObjectiveBatch, TeacherNeeds, compute_objective, get_objective, reduce_loss
 from opd_core.objectives.chunked import token_logprob_stats
@@ -511,127 +503,10 @@ class _progress_bar:
             self.bar.close()
 
 
-# ----------------------------------------------------------------------------- entry points
+def __getattr__(name: str):
+    """The entry points moved to :mod:`opd_core.train_entry`; old imports keep working."""
+    if name in ("run_in_dir", "train", "train_from_cli"):
+        from opd_core import train_entry
 
-
-class _StopSignal:
-    """SIGTERM arrives while loading or mid-step: remember it, and let the loop stop after the step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.trainer: Trainer | None = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
-        if self.trainer is not None:
-            self.trainer.stop_requested = True
-
-
-def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, dist: DistInfo | None = None) -> str:
-    """Run (or resume) the run whose config.json is in ``run_dir``; always leaves a truthful status."""
-    run_dir = Path(run_dir)
-    dist = dist or DistInfo()
-    trainer = None
-    stop = _StopSignal()
-    stop.install()
-    try:
-        cfg = from_dict(runs.read_config(run_dir))
-        trainer = Trainer(cfg, run_dir, dist=dist)
-        stop.trainer = trainer
-        if stop.requested:  # stopped while the models were loading: nothing trained, nothing lost
-            if dist.is_main:
-                runs.write_status(run_dir, state="stopped", finished_at=time.time())
-            return "stopped"
-        start = 0
-        ckpt = checkpoints.latest(run_dir) if resume else None
-        if ckpt is None and cfg.init_checkpoint:
-            ckpt = Path(cfg.init_checkpoint)
-        if ckpt is not None:
-            start = checkpoints.load(ckpt, trainer.student.model, trainer.optimizer, trainer.scheduler)
-            if dist.is_main:
-                _drop_records_after(run_dir, start)
-                prev = runs.read_metrics(run_dir)
-                if "time_s" in prev and len(prev):
-                    trainer._time_offset = float(prev["time_s"].iloc[-1])
-        elif resume and dist.is_main:
-            _drop_records_after(run_dir, 0)
-        return trainer.run(start_step=start, progress=progress)
-    except Exception as exc:  # the run dir must say why it failed, whatever failed
-        if trainer is not None:
-            with contextlib.suppress(Exception):  # the original error is the one to report
-                trainer.flush_tokens()
-        message = str(exc) if isinstance(exc, NonFiniteError | ValueError) else f"{type(exc).__name__}: {exc}"
-        if dist.is_main:
-            runs.write_status(run_dir, state="failed", error=message, finished_at=time.time())
-        print(traceback.format_exc(), file=sys.stderr)
-        print(f"opd-lab: run failed: {message}", file=sys.stderr)
-        return "failed"
-
-
-def _drop_records_after(run_dir: Path, step: int) -> None:
-    """A resumed run re-does the steps after its checkpoint: forget what the lost process logged for them."""
-    runs.truncate_metrics_after(run_dir, step)
-    for s in runs.token_steps(run_dir):
-        if s > step:
-            runs.token_file(run_dir, s).unlink(missing_ok=True)
-
-
-def train(cfg: RunConfig, runs_dir: str | Path = "runs", name: str | None = None, *, progress: bool = False) -> Path:
-    """Library entry point: create a run directory for ``cfg``, train it, return the directory."""
-    run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
-    runs.write_config(run_dir, cfg.to_dict())
-    runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time())
-    run_in_dir(run_dir, progress=progress)
-    return run_dir
-
-
-def train_from_cli(config_path: str | None, overrides: list[str], runs_dir: str, name: str | None,
-                   resume: str | None, progress: bool = True) -> int:
-    """`opd-lab train`: validate first (no run dir on a bad config), print the run dir, then train.
-
-    Under torchrun every rank runs this; rank 0 creates the run directory and tells the others.
-    """
-    dist = init_from_env()
-    try:
-        run_dir, resume_flag = _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist)
-        if dist.is_main:
-            print(run_dir, flush=True)
-        state = run_in_dir(run_dir, resume=resume_flag, progress=progress, dist=dist)
-        if dist.is_main:
-            _start_queued_runs(run_dir.parent)
-        return 0 if state in ("finished", "stopped") else 1
-    finally:
-        shutdown(dist)
-
-
-def _start_queued_runs(runs_dir: Path) -> None:
-    """A finished trainer frees a slot: start the next queued run even when no dashboard is open."""
-    with contextlib.suppress(Exception):  # the queue is best effort; this run's result stands regardless
-        from opd_core import launcher
-
-        launcher.pump(runs_dir)
-
-
-def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistInfo) -> tuple[Path, bool]:
-    if resume:
-        run_dir = Path(resume)
-        if not runs.is_run_dir(run_dir):
-            raise ConfigError(f"--resume {resume!r} is not a run directory (no config.json); pass the folder "
-                              "that `opd-lab train` printed")
-        return run_dir, True
-    if config_path and Path(config_path).is_dir() and runs.is_run_dir(config_path):
-        # A prepared run directory (the launcher's detached child): train it in place.
-        run_dir = Path(config_path)
-        return run_dir, checkpoints.latest(run_dir) is not None
-    cfg = load_config(config_path, overrides)
-    run_dir = None
-    if dist.is_main:
-        run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
-        runs.write_config(run_dir, cfg.to_dict())
-        runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time(),
-                          pid=os.getpid())
-    return Path(broadcast_object(str(run_dir) if run_dir else None, dist)), False
+        return getattr(train_entry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -424,3 +424,26 @@ def test_cli_bad_input_exits_2_with_one_line_naming_the_problem(tmp_path: Path, 
     cfg.write_text(json.dumps(_config(model_dir)))
     code, _, err = _cli(capsys, "runs", "launch", str(cfg), "--set", "top_p=2", "--runs-dir", str(runs_dir))
     assert code == 2 and "'top_p'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_listing_runs_never_starts_a_queued_run(tmp_path: Path, model_dir: Path, fake_trainer) -> None:
+    runs_dir = tmp_path / "runs"
+    d = runs.create_run_dir(runs_dir, "waiting")
+    runs.write_config(d, {**_config(model_dir), "learning_rate": 1e-3, "steps": 2})
+    launcher._enqueue(d, step=0, total_steps=2)
+    for _ in range(3):
+        assert [s.state for s in launcher.list_runs(runs_dir)] == ["queued"]
+    time.sleep(0.3)
+    assert runs.read_status(d)["state"] == "queued"  # a page listing runs on every rerun starts nothing
+    assert launcher.pump(runs_dir) == [d]  # the explicit pump, called by whoever launches, does
+    _wait(d, ("finished",))
+
+
+def test_the_trainer_never_imports_the_process_manager() -> None:
+    import ast
+
+    for module in ("train.py", "train_entry.py"):
+        tree = ast.parse((REPO / "opd_core" / module).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert not [n for n in names if "launcher" in n], (module, names)

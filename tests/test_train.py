@@ -16,7 +16,8 @@ import torch
 
 from opd_core import checkpoints, runs
 from opd_core.config import from_dict
-from opd_core.train import Trainer, run_in_dir, train
+from opd_core.train import Trainer
+from opd_core.train_entry import run_in_dir, train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"steps": 3, "prompts_per_step": 2, "num_rollouts": 2, "max_new_tokens": 24, "eval_every": 0,

@@ -1,0 +1,146 @@
+"""Entry points of the training loop: a run directory in, a truthful status out.
+
+:func:`train` (the library call), :func:`run_in_dir` (train a prepared run directory, or resume it) and
+:func:`train_from_cli` (`opd-lab train`). They own what happens around the :class:`~opd_core.train.Trainer`:
+SIGTERM while the models load, picking the checkpoint to resume from, forgetting the records a killed
+process wrote after that checkpoint, and writing ``failed`` with the reason whatever went wrong.
+They never start other runs: the queue is pumped by whoever launches, or by the CLI once training returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from opd_core import checkpoints, runs
+from opd_core.config import ConfigError, RunConfig, from_dict, load_config
+from opd_core.distributed import DistInfo, broadcast_object, init_from_env, shutdown
+from opd_core.train import NonFiniteError, Trainer
+
+
+class _StopSignal:
+    """SIGTERM arrives while loading or mid-step: remember it, and let the loop stop after the step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.trainer: Trainer | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+        if self.trainer is not None:
+            self.trainer.stop_requested = True
+
+
+def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, dist: DistInfo | None = None) -> str:
+    """Run (or resume) the run whose config.json is in ``run_dir``; always leaves a truthful status."""
+    run_dir = Path(run_dir)
+    dist = dist or DistInfo()
+    trainer = None
+    stop = _StopSignal()
+    stop.install()
+    try:
+        cfg = from_dict(runs.read_config(run_dir))
+        trainer = Trainer(cfg, run_dir, dist=dist)
+        stop.trainer = trainer
+        if stop.requested:  # stopped while the models were loading: nothing trained, nothing lost
+            if dist.is_main:
+                runs.write_status(run_dir, state="stopped", finished_at=time.time())
+            return "stopped"
+        start = 0
+        ckpt = checkpoints.latest(run_dir) if resume else None
+        if ckpt is None and cfg.init_checkpoint:
+            ckpt = Path(cfg.init_checkpoint)
+        if ckpt is not None:
+            start = checkpoints.load(ckpt, trainer.student.model, trainer.optimizer, trainer.scheduler)
+            if dist.is_main:
+                _drop_records_after(run_dir, start)
+                prev = runs.read_metrics(run_dir)
+                if "time_s" in prev and len(prev):
+                    trainer._time_offset = float(prev["time_s"].iloc[-1])
+        elif resume and dist.is_main:
+            _drop_records_after(run_dir, 0)
+        return trainer.run(start_step=start, progress=progress)
+    except Exception as exc:  # the run dir must say why it failed, whatever failed
+        if trainer is not None:
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                trainer.flush_tokens()
+        message = str(exc) if isinstance(exc, NonFiniteError | ValueError) else f"{type(exc).__name__}: {exc}"
+        if dist.is_main:
+            runs.write_status(run_dir, state="failed", error=message, finished_at=time.time())
+        print(traceback.format_exc(), file=sys.stderr)
+        print(f"opd-lab: run failed: {message}", file=sys.stderr)
+        return "failed"
+
+
+def _drop_records_after(run_dir: Path, step: int) -> None:
+    """A resumed run re-does the steps after its checkpoint: forget what the lost process logged for them."""
+    runs.truncate_metrics_after(run_dir, step)
+    for s in runs.token_steps(run_dir):
+        if s > step:
+            runs.token_file(run_dir, s).unlink(missing_ok=True)
+
+
+def train(cfg: RunConfig, runs_dir: str | Path = "runs", name: str | None = None, *, progress: bool = False) -> Path:
+    """Library entry point: create a run directory for ``cfg``, train it, return the directory."""
+    run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
+    runs.write_config(run_dir, cfg.to_dict())
+    runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time())
+    run_in_dir(run_dir, progress=progress)
+    return run_dir
+
+
+@dataclass(frozen=True)
+class CliOutcome:
+    """What `opd-lab train` did: its exit code, and (on the main rank) the run directory it trained."""
+
+    code: int
+    run_dir: Path | None
+
+
+def train_from_cli(config_path: str | None, overrides: list[str], runs_dir: str, name: str | None,
+                   resume: str | None, progress: bool = True) -> CliOutcome:
+    """`opd-lab train`: validate first (no run dir on a bad config), print the run dir, then train.
+
+    Under torchrun every rank runs this; rank 0 creates the run directory and tells the others.
+    """
+    dist = init_from_env()
+    try:
+        run_dir, resume_flag = _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist)
+        if dist.is_main:
+            print(run_dir, flush=True)
+        state = run_in_dir(run_dir, resume=resume_flag, progress=progress, dist=dist)
+        return CliOutcome(0 if state in ("finished", "stopped") else 1, run_dir if dist.is_main else None)
+    finally:
+        shutdown(dist)
+
+
+def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistInfo) -> tuple[Path, bool]:
+    if resume:
+        run_dir = Path(resume)
+        if not runs.is_run_dir(run_dir):
+            raise ConfigError(f"--resume {resume!r} is not a run directory (no config.json); pass the folder "
+                              "that `opd-lab train` printed")
+        return run_dir, True
+    if config_path and Path(config_path).is_dir() and runs.is_run_dir(config_path):
+        # A prepared run directory (the launcher's detached child): train it in place.
+        run_dir = Path(config_path)
+        return run_dir, checkpoints.latest(run_dir) is not None
+    cfg = load_config(config_path, overrides)
+    run_dir = None
+    if dist.is_main:
+        run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
+        runs.write_config(run_dir, cfg.to_dict())
+        runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time(),
+                          pid=os.getpid())
+    return Path(broadcast_object(str(run_dir) if run_dir else None, dist)), False
