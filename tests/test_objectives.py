@@ -340,7 +340,8 @@ def test_engine_path_with_sparse_teacher_view_equals_reference_entry_point(name)
         batch.teacher_sampled_logp = stats["logp"]
     else:
         batch.teacher_topk_ids, batch.teacher_topk_logps = stats["topk_ids"], stats["topk_logps"]
-    params = {"k": 8} if name == "topk_support" else {}
+        batch.teacher_sampled_logp = stats["logp"]
+    params = {"k": 8} if "k" in spec.params else {}
     out = compute_objective(name, batch, **params)
     ref = per_token_loss(name, student, teacher.to(torch.bfloat16).float(), ids, mask, **params)
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
@@ -394,14 +395,16 @@ def test_unknown_objective_lists_valid_names():
 
 
 def test_registry_declares_needs_and_defaults():
-    assert set(list_objectives()) == {"sampled_token", "reverse_kl", "forward_kl", "jsd", "kl_mix", "topk_support"}
+    assert set(list_objectives()) == {"sampled_token", "reverse_kl", "forward_kl", "jsd", "kl_mix", "topk_support",
+                                      "topk_head_tail"}
     assert get_objective("sampled_token").needs is TeacherNeeds.SAMPLED
     assert get_objective("reverse_kl").needs is TeacherNeeds.FULL
     spec = get_objective("topk_support")
     assert spec.needs is TeacherNeeds.TOPK
     assert spec.needs_for({"support": "student_topk_plus_sampled"}) is TeacherNeeds.FULL
-    assert spec.params == {"k": 32, "renormalize": True, "support": "teacher_topk", "tail_bucket": False}
-    assert validate_params("sampled_token", {}) == {"gamma": 0.0}
+    assert spec.params == {"k": 32, "renormalize": True, "support": "teacher_topk", "tail_bucket": False,
+                           "clip_log_ratio": None}
+    assert validate_params("sampled_token", {}) == {"gamma": 0.0, "clip_log_ratio": None, "mask_mode": "skip"}
     assert all(get_objective(n).doc for n in list_objectives())
 
 
@@ -435,3 +438,101 @@ def test_teacher_minus_infinity_logits_contribute_nothing_to_mass_covering_diver
     ref, _ = np_reference(name, student.detach().numpy(), np.nan_to_num(blocked.numpy(), neginf=-1e30),
                           ids.numpy(), mask.numpy(), **params)
     np.testing.assert_allclose(out.loss.detach().numpy(), ref, atol=1e-10)
+
+
+# ---------------------------------------------------------------- parameter specs, value, reduction, gate
+
+
+def test_every_parameter_declares_type_default_range_and_help():
+    """The launch form draws a typed widget from these, so none may be missing."""
+    for name in list_objectives():
+        for param, d in get_objective(name).describe_params().items():
+            assert d["kind"] in ("float", "int", "bool", "choice"), (name, param)
+            assert d["help"] and d["valid"], (name, param)
+            assert get_objective(name).validate({param: d["default"]})[param] == d["default"]
+            if d["kind"] == "choice":
+                assert d["default"] in d["choices"]
+            if d["kind"] in ("float", "int") and d["default"] is not None:
+                assert d["lo"] is None or d["default"] >= d["lo"]
+                assert d["hi"] is None or d["default"] <= d["hi"]
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "5", True])
+def test_clip_log_ratio_refuses_non_positive_and_non_finite(bad):
+    with pytest.raises(ValueError, match="clip_log_ratio.*finite float > 0"):
+        validate_params("sampled_token", {"clip_log_ratio": bad})
+    assert validate_params("sampled_token", {"clip_log_ratio": "none"})["clip_log_ratio"] is None
+    with pytest.raises(ValueError, match="mask_mode.*'skip', 'reset'"):
+        validate_params("sampled_token", {"mask_mode": "zero"})
+
+
+def test_value_is_the_divergence_estimate_for_every_objective():
+    student, teacher, ids, mask = make_inputs(21)
+    for name in list_objectives():
+        out = per_token_loss(name, student, teacher, ids, mask)
+        assert out.value is not None and not out.value.requires_grad
+        assert torch.all(out.value[~mask] == 0)
+        if name == "sampled_token":  # -r_t, the Monte-Carlo reverse KL; the surrogate is another number
+            torch.testing.assert_close(out.value, torch.where(mask, -out.extras["log_ratio"], 0.0))
+            assert float((out.value - out.loss.detach()).abs().max()) > 1e-3
+        else:
+            torch.testing.assert_close(out.value, out.loss.detach())
+
+
+def test_clip_log_ratio_clamps_the_reward_not_the_logged_value():
+    student, teacher, ids, mask = make_inputs(22, scale=4.0)
+    free = per_token_loss("sampled_token", student, teacher, ids, mask)
+    clipped = per_token_loss("sampled_token", student, teacher, ids, mask, clip_log_ratio=1.0)
+    assert float(free.signal.abs().max()) > 1.0
+    torch.testing.assert_close(clipped.signal, free.signal.clamp(-1.0, 1.0))
+    torch.testing.assert_close(clipped.value, free.value)
+
+
+def test_sequence_mean_is_the_mean_of_per_sequence_token_means():
+    loss = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 0.0, 0.0, 0.0], [5.0, 5.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, False, False, False], [False, False, False, False]])
+    assert float(reduce_loss(loss, mask, reduction="sequence_mean")) == pytest.approx((2.5 + 10.0 + 0.0) / 3)
+    assert float(reduce_loss(loss, mask)) == pytest.approx(20.0 / 5)
+    # split over two micro-batches with the global sequence count: the same number
+    parts = [reduce_loss(loss[i:j], mask[i:j], reduction="sequence_mean", num_sequences=3) for i, j in ((0, 1),
+                                                                                                          (1, 3))]
+    assert float(sum(parts)) == pytest.approx((2.5 + 10.0) / 3)
+    equal = torch.ones(3, 4, dtype=torch.bool)  # equal lengths: the two reductions agree
+    assert float(reduce_loss(loss, equal, reduction="sequence_mean")) == pytest.approx(float(reduce_loss(loss, equal)))
+    with pytest.raises(ValueError, match="reduction must be one of token_mean, sequence_mean"):
+        reduce_loss(loss, mask, reduction="batchmean")
+
+
+def test_entropy_gate_keeps_the_top_ratio_of_each_row_and_validates():
+    from opd_core.objectives import entropy_gate
+
+    entropy = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    mask = torch.tensor([[True, True, True, True, True], [True, True, False, True, False]])
+    gated = entropy_gate(entropy, mask, 0.4)
+    assert gated.tolist() == [[False, True, False, True, False], [False, False, False, True, False]]
+    assert torch.equal(entropy_gate(entropy, mask, 1.0), mask)
+    for bad in (0.0, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"entropy_top_ratio must be a number in \(0, 1\]"):
+            entropy_gate(entropy, mask, bad)
+
+
+def test_discounted_advantage_never_leaks_into_masked_prompt_positions():
+    """tinker-cookbook's incorporate_kl_penalty discounts over the whole datum (prompt + response) without
+    re-masking, so with kl_discount_factor > 0 the prompt positions just before the response get discounted
+    response KL as advantage. Ours: zero signal, zero loss and zero gradient at every masked position."""
+    student, teacher, ids, _ = make_inputs(23)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[:, 3:] = True  # positions 0..2 play the prompt
+    out = per_token_loss("sampled_token", student, teacher, ids, mask, gamma=0.9)
+    (grad,) = torch.autograd.grad(reduce_loss(out.loss, mask), student)
+    assert torch.all(out.signal[:, :3] == 0) and torch.all(out.loss[:, :3] == 0)
+    assert torch.all(grad[:, :3] == 0) and float(grad[:, 3:].abs().max()) > 0
+    # tinker's formula on the same numbers: A = discounted_future_sum(mask * r) over the whole row
+    r = torch.where(mask, out.extras["log_ratio"], 0.0)
+    tinker = torch.zeros_like(r)
+    running = torch.zeros(B, dtype=r.dtype)
+    for t in reversed(range(T)):
+        running = r[:, t] + 0.9 * running
+        tinker[:, t] = running
+    assert float(tinker[:, :3].abs().max()) > 1e-3  # its leak
+    torch.testing.assert_close(tinker[:, 3:], out.signal[:, 3:])  # the same advantage on the response

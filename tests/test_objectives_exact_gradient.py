@@ -77,3 +77,64 @@ def test_expected_gradient_at_gamma_zero_is_biased():
         # the bias sits at the early prefixes (future rewards are dropped); the last step is exact
         last_rows = slice(sum(VOCAB**i for i in range(HORIZON - 1)), None)
         torch.testing.assert_close(token_level[last_rows], exact[last_rows], atol=1e-10, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- topk_head_tail: unbiased at one prefix
+
+HT_VOCAB = 7
+
+
+def _one_prefix(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + seed)
+    student = (1.5 * torch.randn(HT_VOCAB, generator=g, dtype=torch.float64)).requires_grad_(True)
+    teacher = 1.5 * torch.randn(HT_VOCAB, generator=g, dtype=torch.float64)
+    return student, teacher
+
+
+def _expected_over_sampled_token(name: str, student, teacher, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E_y[value], E_y[grad]) with y ~ p_S enumerated over the whole vocabulary: row y samples token y."""
+    rows = student[None, None, :].expand(1, HT_VOCAB, HT_VOCAB)
+    ids = torch.arange(HT_VOCAB)[None, :]
+    mask = torch.ones(1, HT_VOCAB, dtype=torch.bool)
+    out = per_token_loss(name, rows, teacher[None, None, :].expand(1, HT_VOCAB, HT_VOCAB), ids, mask, **params)
+    weights = torch.softmax(student, -1).detach()[None, :]
+    (grad,) = torch.autograd.grad((weights * out.loss).sum(), student)
+    return (weights * out.value).sum(), grad
+
+
+def _full_reverse_kl(student, teacher) -> tuple[torch.Tensor, torch.Tensor]:
+    ls, lt = torch.log_softmax(student, -1), torch.log_softmax(teacher, -1)
+    kl = (ls.exp() * (ls - lt)).sum()
+    (grad,) = torch.autograd.grad(kl, student)
+    return kl.detach(), grad
+
+
+def test_head_tail_expected_value_and_gradient_equal_the_full_reverse_kl():
+    for seed in range(4):
+        for support in ("teacher_topk", "student_topk"):
+            for k in (1, 3, HT_VOCAB - 1):
+                student, teacher = _one_prefix(seed)
+                value, grad = _expected_over_sampled_token("topk_head_tail", student, teacher, k=k, support=support)
+                kl, kl_grad = _full_reverse_kl(student, teacher)
+                torch.testing.assert_close(value, kl, atol=1e-12, rtol=0)
+                torch.testing.assert_close(grad, kl_grad, atol=1e-12, rtol=0)
+
+
+def test_head_tail_without_the_plus_one_is_biased_by_the_support_mass_gradient():
+    """The seed / EMA-PG tail term sg(d) grad log p(y) alone: E[grad] = grad KL + grad P_S(S)."""
+    student, teacher = _one_prefix(7)
+    k = 3
+    support = torch.topk(teacher, k).indices
+    logp = torch.log_softmax(student, -1)
+    lt = torch.log_softmax(teacher, -1)
+    head = (logp[support].exp() * (logp[support] - lt[support])).sum()
+    outside = torch.ones(HT_VOCAB, dtype=torch.float64)
+    outside[support] = 0.0
+    p = logp.exp().detach()
+    d = (logp - lt).detach()
+    seed_surrogate = head + (p * outside * d * logp).sum()  # E_y of 1[y not in S] sg(d(y)) log p(y)
+    (seed_grad,) = torch.autograd.grad(seed_surrogate, student)
+    _, kl_grad = _full_reverse_kl(student, teacher)
+    (mass_grad,) = torch.autograd.grad(torch.softmax(student, -1)[support].sum(), student)
+    torch.testing.assert_close(seed_grad, kl_grad + mass_grad, atol=1e-12, rtol=0)
+    assert float((seed_grad - kl_grad).abs().max()) > 1e-3  # the bias is real, not rounding

@@ -7,8 +7,8 @@ scalar, divided by the global count of unmasked tokens. See docs/objectives.md.
 """
 
 # importing the family modules registers their objectives
-from . import jsd, kl, sampled_token, topk_support  # noqa: F401
-from .api import check_batch, compute_objective, per_token_loss, reduce_loss
+from . import head_tail, jsd, kl, sampled_token, topk_support  # noqa: F401
+from .api import LOSS_REDUCTIONS, check_batch, compute_objective, per_token_loss, reduce_loss
 from .base import (
     ObjectiveBatch,
     ObjectiveError,
@@ -22,9 +22,11 @@ from .base import (
     validate_params,
 )
 from .chunked import chunked_token_loss, token_logprob_stats, token_logprobs
+from .gating import entropy_gate
 from .sampled_token import discounted_returns
 
 __all__ = [
+    "LOSS_REDUCTIONS",
     "ObjectiveBatch",
     "ObjectiveError",
     "ObjectiveOutput",
@@ -35,6 +37,7 @@ __all__ = [
     "chunked_token_loss",
     "compute_objective",
     "discounted_returns",
+    "entropy_gate",
     "get_objective",
     "list_objectives",
     "per_token_loss",

@@ -34,6 +34,11 @@ def check_batch(batch: ObjectiveBatch, needs: TeacherNeeds) -> None:
             f"mask must be a bool tensor {bt} (True = supervised token), got {batch.mask.dtype} "
             f"{tuple(batch.mask.shape)}; convert with mask.bool()"
         )
+    if batch.reward_mask is not None and (
+        tuple(batch.reward_mask.shape) != bt or batch.reward_mask.dtype != torch.bool
+    ):
+        raise ObjectiveError(f"reward_mask must be None or a bool tensor {bt}, got {batch.reward_mask.dtype} "
+                             f"{tuple(batch.reward_mask.shape)}")
     check_ids_in_vocab(batch.sampled_ids, logits.shape[-1], "sampled_ids")
     if needs is TeacherNeeds.FULL:
         _check_shape(batch.teacher_logits, "teacher_logits", tuple(logits.shape), needs)
@@ -52,8 +57,9 @@ def compute_objective(
     """Run one registered objective on a batch (the engine's path).
 
     Returns per-token ``loss`` (float32, or float64 for float64 logits; zero where masked; differentiable
-    wrt ``batch.student_logits``), the detached per-token ``signal`` and ``extras``. ``chunk_tokens``
-    bounds the tokens processed at once (None: automatic, ~2^24 vocabulary entries per chunk).
+    wrt ``batch.student_logits``), the detached per-token ``signal``, ``value`` (the divergence estimate,
+    never None here) and ``extras``. ``chunk_tokens`` bounds the tokens processed at once (None: automatic,
+    ~2^22 vocabulary entries per chunk).
     """
     spec = get_objective(name)
     resolved = spec.validate(params)
@@ -61,10 +67,12 @@ def compute_objective(
     out = spec.fn(batch, chunk_tokens=chunk_tokens, **resolved)
     dtype = compute_dtype(batch.student_logits.dtype)
     zero = torch.zeros((), dtype=dtype, device=batch.student_logits.device)
+    value = out.loss if out.value is None else out.value
     return ObjectiveOutput(
         loss=out.loss.to(dtype),
         signal=torch.where(batch.mask, out.signal.detach().to(dtype), zero),
         extras={k: torch.where(batch.mask, v.detach().to(dtype), zero) for k, v in out.extras.items()},
+        value=torch.where(batch.mask, value.detach().to(dtype), zero),
     )
 
 
@@ -76,13 +84,15 @@ def per_token_loss(
     mask: Tensor,
     *,
     chunk_tokens: int | None = None,
+    reward_mask: Tensor | None = None,
     **params: Any,
 ) -> ObjectiveOutput:
     """The reference entry point of every objective: full logits in, per-token ``.loss`` / ``.signal`` out.
 
     ``student_logits`` and ``teacher_logits`` are [B,T,V] floats, ``sampled_ids`` int64 [B,T], ``mask``
     bool [B,T]. The sparse teacher view the objective needs (top-K ids and log-probs, the sampled
-    token's log-prob) is derived here, then :func:`compute_objective` runs.
+    token's log-prob) is derived here, then :func:`compute_objective` runs. ``reward_mask`` (optional,
+    bool [B,T]) is the set of tokens whose log-ratio enters ``sampled_token``'s return (default ``mask``).
     """
     spec = get_objective(name)
     resolved = spec.validate(params)
@@ -92,7 +102,8 @@ def per_token_loss(
         raise ObjectiveError(
             f"teacher_logits must be a tensor of the student's shape {tuple(student_logits.shape)}, got {got}"
         )
-    batch = ObjectiveBatch(student_logits=student_logits, sampled_ids=sampled_ids, mask=mask)
+    batch = ObjectiveBatch(student_logits=student_logits, sampled_ids=sampled_ids, mask=mask,
+                           reward_mask=reward_mask)
     teacher = teacher_logits.detach()
     if needs is TeacherNeeds.FULL:
         batch.teacher_logits = teacher
@@ -108,23 +119,51 @@ def per_token_loss(
     return compute_objective(name, batch, chunk_tokens=chunk_tokens, **resolved)
 
 
-def reduce_loss(loss: Tensor, mask: Tensor, num_tokens: int | Tensor | None = None) -> Tensor:
-    """The scalar loss: sum over unmasked tokens divided by the *global* count of unmasked tokens.
+LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
 
-    ``num_tokens`` is that global count when the batch is one micro-batch of several (gradient
-    accumulation) or one rank of several (DDP): pass the total over all of them, so every token weighs
-    the same. None uses this batch's own count. An empty count divides by 1 (the loss is then 0).
+
+def reduce_loss(
+    loss: Tensor,
+    mask: Tensor,
+    num_tokens: int | Tensor | None = None,
+    *,
+    reduction: str = "token_mean",
+    num_sequences: int | Tensor | None = None,
+) -> Tensor:
+    """The scalar loss from per-token losses [B,T] and the mask of supervised tokens.
+
+    ``reduction="token_mean"`` (default): the sum over unmasked tokens divided by the *global* count of
+    unmasked tokens, so every token weighs the same. ``num_tokens`` is that global count when the batch is
+    one micro-batch of several (gradient accumulation) or one rank of several (DDP): pass the total over all
+    of them. None uses this batch's own count. An empty count divides by 1 (the loss is then 0).
+
+    ``reduction="sequence_mean"``: the mean over sequences of each sequence's own token mean,
+    (1/N) sum_b (sum_t m_bt l_bt) / max(1, sum_t m_bt), so every *sequence* weighs the same (the seed code's
+    effective reduction: one sequence per micro-batch). A row with no unmasked token adds 0 but still
+    counts in N. ``num_sequences`` is the global N over micro-batches / ranks (None: this batch's B).
+    The two agree when every row has the same number of unmasked tokens.
     """
     if loss.shape != mask.shape:
         raise ValueError(f"loss {tuple(loss.shape)} and mask {tuple(mask.shape)} must have the same shape")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got {reduction!r}")
     dtype = compute_dtype(loss.dtype)
-    total = torch.where(mask.bool(), loss.to(dtype), torch.zeros((), dtype=dtype, device=loss.device)).sum()
-    if num_tokens is None:
-        count = mask.sum()
-    elif isinstance(num_tokens, Tensor):
-        count = num_tokens
-    else:
-        if isinstance(num_tokens, bool) or int(num_tokens) != num_tokens or num_tokens < 0:
-            raise ValueError(f"num_tokens must be a non-negative integer count of tokens, got {num_tokens!r}")
-        count = torch.tensor(int(num_tokens), device=loss.device)
-    return total / count.to(dtype).clamp_min(1.0)
+    masked = torch.where(mask.bool(), loss.to(dtype), torch.zeros((), dtype=dtype, device=loss.device))
+    if reduction == "sequence_mean":
+        if loss.dim() != 2:
+            raise ValueError(f"sequence_mean needs per-token losses [B, T], got shape {tuple(loss.shape)}")
+        per_row = masked.sum(-1) / mask.sum(-1).to(dtype).clamp_min(1.0)
+        rows = _count(num_sequences, loss.shape[0], "num_sequences", loss.device)
+        return per_row.sum() / rows.to(dtype).clamp_min(1.0)
+    count = _count(num_tokens, None, "num_tokens", loss.device) if num_tokens is not None else mask.sum()
+    return masked.sum() / count.to(dtype).clamp_min(1.0)
+
+
+def _count(value: int | Tensor | None, default: int | None, name: str, device: torch.device) -> Tensor:
+    if value is None:
+        return torch.tensor(default, device=device)
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer count, got {value!r}")
+    return torch.tensor(int(value), device=device)

@@ -36,15 +36,25 @@ class ObjectiveBatch:
     teacher_sampled_logp: Tensor | None = None  # [B,T] log p_T(y_t) (SAMPLED objectives)
     teacher_topk_ids: Tensor | None = None  # [B,T,K] int64, the teacher's top-K ids, sorted desc (TOPK)
     teacher_topk_logps: Tensor | None = None  # [B,T,K] full-vocab normalised teacher log-probs at those ids
+    # [B,T] bool: the tokens whose log-ratio enters sampled_token's discounted return (None = ``mask``).
+    # The seed code runs the return over the response and applies its special-token mask to the loss only.
+    reward_mask: Tensor | None = None
 
 
 @dataclass
 class ObjectiveOutput:
-    """The one output type: per-token loss to reduce, per-token signal to diagnose, optional extras."""
+    """The one output type: per-token loss to reduce, per-token signal to diagnose, optional extras.
+
+    ``loss`` is what is differentiated (for a policy-gradient objective a *surrogate* whose value means
+    nothing); ``value`` is the per-token divergence the objective estimates, the number that means the
+    same across objectives and is logged as ``loss`` (for ``sampled_token`` -r_t, the Monte-Carlo reverse
+    KL). An objective that leaves ``value`` None has value = its loss (the divergences).
+    """
 
     loss: Tensor  # [B,T] float32, zero where masked, differentiable wrt student_logits
     signal: Tensor  # [B,T] float32, detached, zero where masked
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-token diagnostics [B,T], detached
+    value: Tensor | None = None  # [B,T] float32, detached, zero where masked: the divergence estimate
 
 
 class ObjectiveError(ValueError):
@@ -53,18 +63,36 @@ class ObjectiveError(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """One objective parameter: its default, how to check a value, and the valid range in words."""
+    """One objective parameter: default, check, and what a form needs to draw a typed widget for it.
+
+    ``kind`` is one of ``float``, ``int``, ``bool``, ``choice``; ``lo`` / ``hi`` bound numbers (``lo_open``:
+    ``lo`` itself excluded), ``choices`` lists a choice's options, ``nullable`` allows None (off), ``valid``
+    says the range in words and ``help`` what the parameter does.
+    """
 
     default: Any
-    check: Callable[[Any], Any]  # returns the normalised value or raises ObjectiveError
+    check: Callable[[Any], Any]  # returns the normalised value or raises ValueError
     valid: str
+    kind: str = "float"
+    help: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter as plain data (type, default, range, help) for forms and docs."""
+        return {"kind": self.kind, "default": self.default, "lo": self.lo, "hi": self.hi,
+                "lo_open": self.lo_open, "choices": list(self.choices), "nullable": self.nullable,
+                "valid": self.valid, "help": self.help}
 
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def unit_interval(default: float) -> Param:
+def unit_interval(default: float, help: str = "") -> Param:
     """A float in [0, 1] (discounts, mixing weights)."""
 
     def check(value: Any) -> float:
@@ -72,10 +100,24 @@ def unit_interval(default: float) -> Param:
             raise ValueError
         return float(value)
 
-    return Param(default, check, "a float in [0, 1]")
+    return Param(default, check, "a float in [0, 1]", "float", help, 0.0, 1.0)
 
 
-def positive_int(default: int) -> Param:
+def positive_float_or_none(default: float | None, help: str = "") -> Param:
+    """None (off) or a finite float > 0 (clipping bounds)."""
+
+    def check(value: Any) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off", "")):
+            return None
+        if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0.0:
+            raise ValueError
+        return float(value)
+
+    return Param(default, check, "none (off) or a finite float > 0", "float", help, 0.0, None, lo_open=True,
+                 nullable=True)
+
+
+def positive_int(default: int, help: str = "") -> Param:
     """An integer >= 1 (sizes)."""
 
     def check(value: Any) -> int:
@@ -83,10 +125,10 @@ def positive_int(default: int) -> Param:
             raise ValueError
         return int(value)
 
-    return Param(default, check, "an integer >= 1")
+    return Param(default, check, "an integer >= 1", "int", help, 1, None)
 
 
-def boolean(default: bool) -> Param:
+def boolean(default: bool, help: str = "") -> Param:
     """A true/false switch."""
 
     def check(value: Any) -> bool:
@@ -94,10 +136,10 @@ def boolean(default: bool) -> Param:
             raise ValueError
         return bool(value)
 
-    return Param(default, check, "true or false")
+    return Param(default, check, "true or false", "bool", help)
 
 
-def choice(default: str, options: tuple[str, ...]) -> Param:
+def choice(default: str, options: tuple[str, ...], help: str = "") -> Param:
     """One string out of a fixed set."""
 
     def check(value: Any) -> str:
@@ -105,7 +147,8 @@ def choice(default: str, options: tuple[str, ...]) -> Param:
             raise ValueError
         return str(value)
 
-    return Param(default, check, "one of " + ", ".join(repr(o) for o in options))
+    return Param(default, check, "one of " + ", ".join(repr(o) for o in options), "choice", help,
+                 choices=tuple(options))
 
 
 ObjectiveFn = Callable[..., ObjectiveOutput]
@@ -126,6 +169,10 @@ class ObjectiveSpec:
     def params(self) -> dict[str, Any]:
         """The parameter defaults."""
         return {name: p.default for name, p in self.param_specs.items()}
+
+    def describe_params(self) -> dict[str, dict[str, Any]]:
+        """Every parameter as plain data: {name: {kind, default, lo, hi, choices, nullable, valid, help}}."""
+        return {name: p.describe() for name, p in self.param_specs.items()}
 
     def needs_for(self, params: Mapping[str, Any]) -> TeacherNeeds:
         """What the teacher must provide for these parameters (e.g. a student-chosen support needs FULL)."""

@@ -11,7 +11,7 @@ from .base import ObjectiveBatch, ObjectiveOutput, TeacherNeeds, register_object
 from .kl import kl_from_logprobs, log_softmax_pair, run_full_vocab
 
 
-@register_objective("jsd", needs=TeacherNeeds.FULL, params={"beta": unit_interval(0.5)})
+@register_objective("jsd", needs=TeacherNeeds.FULL, params={"beta": unit_interval(0.5, "Mixture weight: 0 = forward KL, 1 = reverse KL (both exact), in between the generalised JSD.")})
 def jsd(batch: ObjectiveBatch, *, beta: float, chunk_tokens: int | None = None) -> ObjectiveOutput:
     """beta KL(p_T || M) + (1 - beta) KL(p_S || M), M = beta p_T + (1 - beta) p_S. Signal: that value.
 

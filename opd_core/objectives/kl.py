@@ -55,7 +55,7 @@ def forward_kl(batch: ObjectiveBatch, *, chunk_tokens: int | None = None) -> Obj
     return run_full_vocab(_forward, batch, chunk_tokens)
 
 
-@register_objective("kl_mix", needs=TeacherNeeds.FULL, params={"alpha": unit_interval(0.5)})
+@register_objective("kl_mix", needs=TeacherNeeds.FULL, params={"alpha": unit_interval(0.5, "Weight of the forward KL: alpha KL(p_T||p_S) + (1 - alpha) KL(p_S||p_T).")})
 def kl_mix(batch: ObjectiveBatch, *, alpha: float, chunk_tokens: int | None = None) -> ObjectiveOutput:
     """alpha * KL(p_T || p_S) + (1 - alpha) * KL(p_S || p_T). Signal: that mixture."""
 

@@ -15,6 +15,7 @@ from .base import (
     TeacherNeeds,
     boolean,
     choice,
+    positive_float_or_none,
     positive_int,
     register_objective,
 )
@@ -28,6 +29,23 @@ def log1mexp(x: Tensor) -> Tensor:
     """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler's switch at -log 2)."""
     x = x.clamp_max(0.0)
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def check_topk_view(batch: ObjectiveBatch, k: int, name: str, *, need_sampled: bool) -> None:
+    """Raise ObjectiveError when the batch's teacher top-K view holds fewer than k ids or lacks the sampled
+    token's log-prob an objective needs."""
+    assert batch.teacher_topk_ids is not None and batch.teacher_topk_logps is not None  # checked by check_batch
+    have = batch.teacher_topk_ids.shape[-1]
+    if have < k:
+        raise ObjectiveError(
+            f"{name}: k={k} but teacher_topk_ids holds only {have} ids per token; "
+            f"score the teacher with top_k >= {k} or lower k"
+        )
+    if need_sampled and batch.teacher_sampled_logp is None:
+        raise ObjectiveError(
+            f"{name} needs teacher_sampled_logp (the teacher's log-prob of the sampled token) with this "
+            "support; fill it in the ObjectiveBatch"
+        )
 
 
 def _needs(params: dict[str, Any]) -> TeacherNeeds:
@@ -58,7 +76,8 @@ def _support(
     return ids, valid, t_logp
 
 
-def _support_kl(x: Tensor, aux: dict[str, Tensor], k: int, support: str, renormalize: bool, tail_bucket: bool):
+def _support_kl(x: Tensor, aux: dict[str, Tensor], k: int, support: str, renormalize: bool, tail_bucket: bool,
+                clip: float | None = None):
     ids, valid, t_logp = _support(x, aux, k, support)
     # invalid slots get a huge finite negative log-prob: probability 0, and no inf - inf = nan in the gradient
     neg = torch.finfo(x.dtype).min
@@ -83,7 +102,10 @@ def _support_kl(x: Tensor, aux: dict[str, Tensor], k: int, support: str, renorma
         s_logp = torch.log_softmax(s_logit, -1)
         t_logp = torch.log_softmax(t_logp, -1)
     p = s_logp.exp()
-    return (p * (s_logp - t_logp)).sum(-1), extras
+    diff = s_logp - t_logp
+    if clip is not None:
+        diff = diff.clamp(-clip, clip)  # the seed's clip_log_ratio: each term's log-ratio in [-c, c]
+    return (p * diff).sum(-1), extras
 
 
 @register_objective(
@@ -91,10 +113,16 @@ def _support_kl(x: Tensor, aux: dict[str, Tensor], k: int, support: str, renorma
     needs=TeacherNeeds.TOPK,
     needs_fn=_needs,
     params={
-        "k": positive_int(32),
-        "renormalize": boolean(True),
-        "support": choice("teacher_topk", SUPPORTS),
-        "tail_bucket": boolean(False),
+        "k": positive_int(32, "Size of the support: the teacher's top-K tokens at each prefix (the paper uses 32)."),
+        "renormalize": boolean(True, "Log-softmax each model over the support alone. Off = full-vocabulary "
+                                     "probabilities truncated to the support, which collapses training."),
+        "support": choice("teacher_topk", SUPPORTS, "The support: the teacher's top-K, plus the sampled token, "
+                                                    "or the student's top-K plus the sampled token."),
+        "tail_bucket": boolean(False, "Add one category holding each model's leftover mass outside the "
+                                      "support (an exact distribution; renormalize then has no effect)."),
+        "clip_log_ratio": positive_float_or_none(None, "Clamp each support term's log-ratio "
+                                                       "log p~_S - log p~_T to [-c, c] (the seed code's "
+                                                       "clip_log_ratio uses 5). None = off."),
     },
 )
 def topk_support(
@@ -104,6 +132,7 @@ def topk_support(
     renormalize: bool,
     support: str,
     tail_bucket: bool,
+    clip_log_ratio: float | None,
     chunk_tokens: int | None = None,
 ) -> ObjectiveOutput:
     """KL(p~_S || p~_T) over the support S_t (the teacher's top-K by default), each model renormalised on S_t.
@@ -118,25 +147,14 @@ def topk_support(
         assert batch.teacher_logits is not None  # checked by compute_objective
         aux["teacher_logits"] = batch.teacher_logits.detach()
     else:
-        assert batch.teacher_topk_ids is not None and batch.teacher_topk_logps is not None
-        have = batch.teacher_topk_ids.shape[-1]
-        if have < k:
-            raise ObjectiveError(
-                f"topk_support: k={k} but teacher_topk_ids holds only {have} ids per token; "
-                f"score the teacher with top_k >= {k} or lower k"
-            )
-        aux["topk_ids"] = batch.teacher_topk_ids.long()
-        aux["topk_logps"] = batch.teacher_topk_logps.detach()
+        check_topk_view(batch, k, "topk_support", need_sampled=support == "teacher_topk_plus_sampled")
+        aux["topk_ids"] = batch.teacher_topk_ids.long()  # type: ignore[union-attr]
+        aux["topk_logps"] = batch.teacher_topk_logps.detach()  # type: ignore[union-attr]
         if support == "teacher_topk_plus_sampled":
-            if batch.teacher_sampled_logp is None:
-                raise ObjectiveError(
-                    "topk_support with support='teacher_topk_plus_sampled' needs teacher_sampled_logp "
-                    "(the teacher's log-prob of the sampled token); fill it in the ObjectiveBatch"
-                )
-            aux["teacher_sampled_logp"] = batch.teacher_sampled_logp.detach()
+            aux["teacher_sampled_logp"] = batch.teacher_sampled_logp.detach()  # type: ignore[union-attr]
 
     def token_fn(x: Tensor, chunk_aux: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return _support_kl(x, chunk_aux, k, support, renormalize, tail_bucket)
+        return _support_kl(x, chunk_aux, k, support, renormalize, tail_bucket, clip_log_ratio)
 
     loss, extras = chunked_token_loss(token_fn, batch.student_logits, batch.mask, aux, chunk_tokens, EXTRAS)
     return ObjectiveOutput(loss=loss, signal=loss.detach(), extras=extras)
