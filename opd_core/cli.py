@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
+    from opd_core.rescoring import command as score_command  # light: no torch until it runs
+
+    score_command.add_arguments(sub.add_parser("score", help=score_command.HELP))
+
     p = sub.add_parser("report", help="print the health report of a run")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="write the findings as JSON")
@@ -139,6 +143,12 @@ def _start_queued_runs(runs_dir) -> None:
         launcher.pump(runs_dir)
 
 
+def _score(args: argparse.Namespace) -> int:
+    from opd_core.rescoring.command import run
+
+    return run(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from opd_core import runs
     from opd_core.diagnostics import format_report, health
@@ -188,7 +198,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 HANDLERS: dict[str | None, Callable[[argparse.Namespace], int]] = {
-    None: _serve, "serve": _serve, "train": _train, "report": _report, "tokenizers": _tokenizers,
+    None: _serve, "serve": _serve, "train": _train, "score": _score, "report": _report, "tokenizers": _tokenizers,
     "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench,
 }
 
