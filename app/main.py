@@ -1,17 +1,18 @@
-"""The dashboard's entry point (`streamlit run app/main.py`, started by `opd-lab`): page setup and navigation."""
+"""The dashboard's entry point (`streamlit run app/main.py`, started by `opd-lab`): page setup and navigation.
+
+`opd-lab` puts the dashboard's folder on the server's import path (see ``app/server.py``); run by hand
+from a checkout, use ``PYTHONPATH=. streamlit run app/main.py``.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:  # run as a script from a checkout: make `app` and `opd_core` importable
-    sys.path.insert(0, _ROOT)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
+from app.navigation import build_navigation
 
-from app.navigation import build_navigation  # noqa: E402
+FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"  # shipped: nothing fetched from the internet
 
-st.set_page_config(page_title="OPD Lab", page_icon=":material/school:", layout="wide")
+st.set_page_config(page_title="OPD Lab", page_icon=str(FAVICON), layout="wide")
 st.navigation(build_navigation(), position="sidebar").run()

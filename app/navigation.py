@@ -34,7 +34,7 @@ PAGE_SPECS: tuple[PageSpec, ...] = (
     PageSpec("imbalance.py", "Imbalance", "imbalance", ":material/equalizer:", "Diagnose"),
     PageSpec("drift.py", "Teacher under drift", "drift", ":material/trending_up:", "Diagnose"),
     PageSpec("mismatch.py", "Tokenizer mismatch", "mismatch", ":material/join_inner:", "Diagnose"),
-    PageSpec("lab.py", "Theory lab", "lab", ":material/science:", "Theory", optional=True),
+    PageSpec("lab.py", "Bias/variance lab", "lab", ":material/science:", "Theory", optional=True),
 )
 
 _registry: dict[str, st.Page] = {}

@@ -11,10 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.server import ENV_RUNS_DIR, ENV_SAMPLE_RUNS
 from opd_core import runs
 
-ENV_RUNS_DIR = "OPD_LAB_RUNS_DIR"
-ENV_SAMPLE_RUNS = "OPD_LAB_SAMPLE_RUNS"
 SOURCE_LABELS = {"runs": "your runs", "samples": "sample"}
 
 
@@ -46,9 +45,27 @@ def discover_runs(sources: dict[str, Path] | None = None) -> list[RunRef]:
     sources = run_sources() if sources is None else sources
     found: list[RunRef] = []
     for source, base in sources.items():
-        for summary in runs.list_runs(base):
-            found.append(RunRef(f"{source}:{summary.run_id}", source, summary.run_id, summary.path))
+        for run_id, path in _run_dirs(base):
+            found.append(RunRef(f"{source}:{run_id}", source, run_id, path))
     return found
+
+
+def _run_dirs(base: Path) -> list[tuple[str, Path]]:
+    """(run_id, path) of every run under ``base``, newest first. When one damaged run makes the engine's
+    listing fail, the folders are listed directly (newest modified first), so every other run still shows
+    and the damaged one is named on its own row."""
+    try:
+        return [(s.run_id, s.path) for s in runs.list_runs(base)]
+    except Exception:  # noqa: BLE001 - one run's damage must not hide the others
+        pass
+    entries = []
+    for entry in sorted(base.iterdir()) if base.is_dir() else []:
+        try:
+            if runs.RUN_ID_PATTERN.match(entry.name) and runs.is_run_dir(entry):
+                entries.append((entry.stat().st_mtime, entry.name, entry))
+        except OSError:
+            continue
+    return [(name, path) for _, name, path in sorted(entries, reverse=True)]
 
 
 def resolve_run_key(key: object, sources: dict[str, Path] | None = None) -> RunRef | None:

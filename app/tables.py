@@ -28,7 +28,8 @@ def last_value(metrics: pd.DataFrame, column: str) -> float | None:
 
 def key_settings(config: Mapping) -> str:
     """The settings that tell runs apart, as one short line (objective parameters included)."""
-    parts = [f"{k}={v}" for k, v in (config.get("objective_params") or {}).items()]
+    params = config.get("objective_params")
+    parts = [f"{k}={v}" for k, v in params.items()] if isinstance(params, Mapping) else []
     parts += [f"{k}={config[k]}" for k in SETTING_KEYS if k in config]
     return ", ".join(parts)
 
@@ -44,15 +45,25 @@ def flags_text(report: object) -> str:
 
 
 def run_row(key: str, label: str, summary: RunSummary, metrics: pd.DataFrame, report: object) -> dict:
-    """One row of the Runs table."""
+    """One row of the Runs table: what tells runs apart first (status, metrics, flags), details last."""
     progress = f"{summary.step or 0}/{summary.total_steps}" if summary.total_steps else str(summary.step or 0)
     row = {"key": key, "run": label, "status": summary.state + (" (stale)" if summary.stale else ""),
-           "objective": summary.objective or "", "progress": progress,
-           "student": summary.student or "", "teacher": summary.teacher or "",
-           "settings": key_settings(summary.config)}
+           "objective": summary.objective or "", "progress": progress}
     for column in LAST_METRICS:
         row[column] = last_value(metrics, column)
-    row["flags"] = flags_text(report)
+    problems = [str(p) for p in getattr(summary, "problems", None) or []]
+    row["flags"] = "; ".join([*(f"[damaged] {p}" for p in problems), *filter(None, [flags_text(report)])])
+    row["settings"] = key_settings(summary.config if isinstance(summary.config, Mapping) else {})
+    row["student"] = summary.student or ""
+    row["teacher"] = summary.teacher or ""
+    return row
+
+
+def damaged_row(key: str, label: str, reason: str) -> dict:
+    """The Runs table's row for a run that could not be read at all: its name and what is damaged."""
+    row = {"key": key, "run": label, "status": "unreadable", "objective": "", "progress": ""}
+    row.update({column: None for column in LAST_METRICS})
+    row.update({"flags": f"[damaged] {reason}", "settings": "", "student": "", "teacher": ""})
     return row
 
 
@@ -112,3 +123,35 @@ def compare_summary(frames: Mapping[str, pd.DataFrame], flags: Mapping[str, str]
         })
     return pd.DataFrame(rows, columns=["run", "steps", "final_eval_accuracy", "best_eval_accuracy",
                                        "mean_grad_norm", "final_response_len", "flags"])
+
+
+def _special_cell(value: object) -> str:
+    """One side of a special-token role, as text: ``<|im_end|> (id 2)``, a list joined, '–' when absent."""
+    from opd_core.token_text import visible
+
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, Mapping):
+        token = value.get("token")
+        ident = value.get("id")
+        text = visible(str(token)) if token is not None else "–"
+        return f"{text} (id {ident})" if ident is not None else text
+    if isinstance(value, list | tuple):
+        return "  ".join(visible(str(v)) for v in value) or "–"
+    return visible(str(value))
+
+
+def special_token_table(specials: Mapping) -> pd.DataFrame:
+    """The special tokens of both tokenizers by role (eos, bos, pad, unk, chat markers, all specials).
+
+    The chat template's rendered sample is long and shown on its own, not squeezed into a cell.
+    """
+    a = specials.get("a") if isinstance(specials.get("a"), Mapping) else {}
+    b = specials.get("b") if isinstance(specials.get("b"), Mapping) else {}
+    roles = [r for r in dict.fromkeys([*a, *b]) if r != "chat_template_sample"]
+    rows = []
+    for role in roles:
+        left, right = _special_cell(a.get(role)), _special_cell(b.get(role))
+        rows.append({"role": role.replace("_", " "), "student": left, "teacher": right,
+                     "same": "yes" if left == right else "no"})
+    return pd.DataFrame(rows, columns=["role", "student", "teacher", "same"])

@@ -16,11 +16,22 @@ import numpy as np
 import pandas as pd
 from plotly.colors import sample_colorscale
 
+from app.inert import html_text
+from opd_core.token_text import visible
+
 # Columns whose sign means something (positive = the teacher likes the token more than the student).
 SIGNED_COLUMNS = frozenset({"signal", "log_ratio", "token_loss", "drift", "reward"})
 BOOLEAN_COLOURS = {True: "#f28e2b", False: "#e8eaed"}
 MISSING_COLOUR = "#ffffff"
-VISIBLE_WHITESPACE = str.maketrans({"\n": "⏎", "\t": "⇥", "\r": "␍"})
+PIECES_CSS = """
+<style>
+.opd-pieces{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.88rem;line-height:2;}
+.opd-piece{display:inline-block;white-space:pre;padding:0 3px;margin:1px 2px 1px 0;border:1px solid #d1d5db;
+  border-radius:3px;background:#f9fafb;}
+.opd-piece-diff{border-color:#d62728;border-width:2px;}
+.opd-piece-label{display:inline-block;min-width:5.5rem;color:#374151;font-family:sans-serif;font-size:0.8rem;}
+</style>
+"""
 
 STRIP_CSS = """
 <style>
@@ -118,9 +129,22 @@ def _fmt(value: object, digits: int = 3) -> str:
 
 
 def display_token(text: object) -> str:
-    """A token's text with invisible characters made visible, HTML-escaped."""
+    """A token's text as people read it (``opd_core.token_text.visible``), control characters named, escaped."""
     s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
-    return html.escape(s.translate(VISIBLE_WHITESPACE) or "∅", quote=True)
+    return html_text(visible(s))
+
+
+def pieces_html(pieces: Sequence[object], other: Sequence[object] | None = None, label: str = "") -> str:
+    """One tokenization as a row of separate boxes (never joined with a separator, so a piece that is
+    itself " | " reads as one box); pieces absent from ``other`` (the other side's tokenization) are
+    outlined, which is where the two tokenizers cut the text differently."""
+    others = {str(o) for o in other} if other is not None else None
+    boxes = []
+    for piece in pieces:
+        differs = others is not None and str(piece) not in others
+        boxes.append(f"<span class='opd-piece{' opd-piece-diff' if differs else ''}'>{display_token(piece)}</span>")
+    head = f"<span class='opd-piece-label'>{html.escape(label)}</span>" if label else ""
+    return f"{PIECES_CSS}<div class='opd-pieces'>{head}{''.join(boxes) or '<i>none</i>'}</div>"
 
 
 def _as_list(value: object) -> list:

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import state
+from app.inert import md
 from app.navigation import page
 from app.sources import RunRef, discover_runs, resolve_run_key, run_sources
 
@@ -18,12 +19,60 @@ RUNS_STATE = "opd_runs"
 _RUN_WIDGET = "_w_run"
 _RUNS_WIDGET = "_w_runs"
 _URL_SEEN = "_opd_url_run"  # the ?run= value last written or adopted, so only a *new* link overrides a choice
+# The README's walk-through starts from the baseline; Compare starts from it and the three fixes.
+README_RUN = "baseline-sampled-token"
+DEFAULT_COMPARE = ("baseline-sampled-token", "masked-sampled-token", "top-p-sampled-token", "topk-support")
+
+
+def default_run(refs: Sequence[RunRef]) -> RunRef:
+    """The run a page opens on: the user's newest run, else the sample the README starts from."""
+    own = [r for r in refs if r.source != "samples"]
+    if own:
+        return own[0]
+    return next((r for r in refs if r.run_id == README_RUN), refs[0])
+
+
+def default_compare(refs: Sequence[RunRef], count: int = 4) -> list[str]:
+    """Compare's first selection: the user's newest runs, else the baseline sample and the three fixes."""
+    own = [r.key for r in refs if r.source != "samples"]
+    if own:
+        return own[:count]
+    by_id = {r.run_id: r.key for r in refs}
+    picked = [by_id[n] for n in DEFAULT_COMPARE if n in by_id]
+    return picked or [r.key for r in refs[:count]]
+
+
+def problem(run: RunRef | str, exc: BaseException) -> None:
+    """Say, for one run, which file is damaged and how, instead of a traceback (the rest still shows)."""
+    label = run.label if isinstance(run, RunRef) else run
+    st.warning(f"**{md(label)}** cannot be read here: {md(describe(exc))}", icon=":material/broken_image:")
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a damaged run: ``path: reason`` for a RunFileError, the error type otherwise."""
+    from opd_core.runs import RunFileError
+
+    if isinstance(exc, RunFileError):
+        return str(exc)
+    filename = getattr(exc, "filename", None)
+    where = f"{filename}: " if filename else ""
+    return f"{where}{type(exc).__name__}: {exc}"
 
 
 def header(title: str, intro: str) -> None:
     """Page title and one sentence saying what the page answers."""
     st.title(title)
     st.caption(intro)
+
+
+def guarded(run: RunRef, fn, *args, **kwargs):  # noqa: ANN001, ANN201 - any reader
+    """Call a reader of ``run``; a damaged file shows as that run's named problem and stops this page only."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any damage in a run dir must not take the page down
+        problem(run, exc)
+        st.caption("Pick another run above; the other runs are not affected.")
+        st.stop()
 
 
 def runs_or_notice() -> list[RunRef]:
@@ -61,7 +110,7 @@ def pick_run(refs: Sequence[RunRef], label: str = "Run") -> RunRef:
     by_key = {r.key: r for r in refs}
     current = st.session_state.get(RUN_STATE)
     if current not in by_key:
-        current = refs[0].key
+        current = default_run(refs).key
     st.session_state[RUN_STATE] = current
     st.session_state[_RUN_WIDGET] = current
     choice = st.selectbox(label, list(by_key), key=_RUN_WIDGET, format_func=lambda k: by_key[k].label,
@@ -75,9 +124,10 @@ def pick_run(refs: Sequence[RunRef], label: str = "Run") -> RunRef:
 def pick_runs(refs: Sequence[RunRef], label: str = "Runs", default_count: int = 4) -> list[RunRef]:
     """Select several runs (for Compare); the choice is kept across pages."""
     by_key = {r.key: r for r in refs}
-    current = [k for k in st.session_state.get(RUNS_STATE, []) if k in by_key]
-    if not current:
-        current = list(by_key)[:default_count]
+    if RUNS_STATE in st.session_state:  # an empty selection is a choice too: never refill it
+        current = [k for k in st.session_state[RUNS_STATE] if k in by_key]
+    else:
+        current = default_compare(refs, default_count)
     st.session_state[RUNS_STATE] = current
     st.session_state[_RUNS_WIDGET] = current
     chosen = st.multiselect(label, list(by_key), key=_RUNS_WIDGET, format_func=lambda k: by_key[k].label,

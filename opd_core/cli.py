@@ -109,10 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- handlers
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from app.server import serve
+def _dashboard_server() -> str:
+    """The dashboard's server.py, loaded by path: the engine never imports the dashboard (``app``)."""
+    from pathlib import Path
 
-    return serve(runs_dir=args.runs_dir, host=args.host, port=args.port, show_samples=not args.no_samples)
+    root = Path(__file__).resolve().parents[1]  # the checkout, or site-packages
+    for candidate in (root / "opd_lab_dashboard" / "app" / "server.py", root / "app" / "server.py"):
+        if candidate.is_file():
+            return str(candidate)
+    raise CliError(f"the dashboard is not installed next to {root / 'opd_core'}: reinstall with `pip install opd-lab`")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("opd_lab_server", _dashboard_server())
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    return server.serve(runs_dir=args.runs_dir, host=args.host, port=args.port, show_samples=not args.no_samples)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import charts, state, tables, widgets
+from app.inert import md
 
 widgets.header("Compare", "Which objective did best? Overlay runs on any metric and read the summary table.")
 refs = widgets.runs_or_notice()
@@ -10,7 +11,15 @@ chosen = widgets.pick_runs(refs, "Runs to compare")
 if not chosen:
     st.info("Pick at least one run above.", icon=":material/info:")
     st.stop()
-frames = {r.label: state.metrics(r.path) for r in chosen}
+frames, flags = {}, {}
+for r in chosen:  # a damaged run is named and left out; the others are still compared
+    try:
+        frames[r.label] = state.metrics(r.path)
+        flags[r.label] = tables.flags_text(state.health_report(r.path))
+    except Exception as exc:  # noqa: BLE001
+        widgets.problem(r, exc)
+if not frames:
+    st.stop()
 options = tables.numeric_metrics(frames)
 if not options:
     st.info("These runs have no numeric metrics logged yet.", icon=":material/info:")
@@ -23,13 +32,12 @@ smoothing = c3.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="cmp_smooth",
                       help="Exponential moving average weight (0 = raw values).")
 long = tables.compare_long(frames, metric, tables.X_AXES[x_label], smoothing)
 if long.empty:
-    st.info(f"None of the chosen runs logged {metric}.", icon=":material/info:")
+    st.info(f"None of the chosen runs logged {md(metric)}.", icon=":material/info:")
 else:
     widgets.chart(charts.compare_figure(long, metric, x_label),
                   "One line per run. Use 'tokens seen' to compare runs with different batch sizes fairly; "
                   "smoothing only changes the drawing, never the table below.")
 
-flags = {r.label: tables.flags_text(state.health_report(r.path)) for r in chosen}
 summary = tables.compare_summary(frames, flags)
 st.subheader("Summary")
 st.dataframe(summary, hide_index=True, width="stretch",
@@ -37,9 +45,12 @@ st.dataframe(summary, hide_index=True, width="stretch",
                             "best_eval_accuracy": st.column_config.NumberColumn("best eval acc", format="%.3f"),
                             "mean_grad_norm": st.column_config.NumberColumn("mean grad norm", format="%.3g"),
                             "final_response_len": st.column_config.NumberColumn("final resp. len", format="%.1f"),
-                            "flags": st.column_config.TextColumn("health flags", width="large")})
+                            "flags": st.column_config.TextColumn("health flags", width=480)})
 st.caption("Final and best eval accuracy over the logged evaluations, mean gradient norm over all steps, the last "
-           "response length, and the Health page's warnings.")
+           "response length, and the Health page's warnings (listed in full below).")
+for run_label, text in flags.items():
+    if text:
+        st.markdown(f"**{md(run_label)}**: {md(text, None)}")
 d1, d2 = st.columns(2)
 d1.download_button("Download summary (CSV)", summary.to_csv(index=False), file_name="opd-lab-compare-summary.csv",
                    mime="text/csv")

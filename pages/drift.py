@@ -11,11 +11,11 @@ widgets.header("Teacher under drift", "Failure mode 2 — once the student's pre
                                       "knows, the teacher's guidance goes flat or confidently wrong.")
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
-steps = state.token_steps(run.path)
+steps = widgets.guarded(run, state.token_steps, run.path)
 if not steps:
     widgets.no_tokens_notice(run)
 chosen = widgets.pick_step_window(run, steps, "drift_steps")
-present = set(state.token_columns(run.path))
+present = set(widgets.guarded(run, state.token_columns, run.path))
 measures = [m for m in MEASURES if m in present]
 if not measures:
     st.info("This run's token records have no drift measure (drift, tokens_since_off_support or prefix_wrong).",
@@ -26,7 +26,7 @@ measure = c1.selectbox("Drift measured as", measures, format_func=MEASURES.get, 
 stat = c2.selectbox("Teacher statistic", list(charts.STAT_TITLES), format_func=charts.STAT_TITLES.get,
                     key="drift_stat")
 bins = c3.slider("Bins", 2, 12, 8, key="drift_bins")
-view = state.drift_view(run.path, chosen, measure, bins)
+view = widgets.guarded(run, state.drift_view, run.path, chosen, measure, bins)
 summary = view["summary"]
 
 c = st.columns(4)

@@ -8,11 +8,11 @@ widgets.header("Imbalance", "Failure mode 1 — imbalanced token-level supervisi
                             "log-ratio is near zero on most tokens and huge on a few, so a handful carry the update.")
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
-steps = state.token_steps(run.path)
+steps = widgets.guarded(run, state.token_steps, run.path)
 if not steps:
     widgets.no_tokens_notice(run)
 chosen = widgets.pick_step_window(run, steps, "imb_steps")
-view = state.imbalance_view(run.path, chosen)
+view = widgets.guarded(run, state.imbalance_view, run.path, chosen)
 summary = view["summary"]
 
 c = st.columns(4)

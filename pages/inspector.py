@@ -11,17 +11,18 @@ widgets.header("Token inspector", "Which tokens carry this run's update? Hover a
                                   "below) to compare what the teacher and the student would have said there.")
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
-steps = state.token_steps(run.path)
+steps = widgets.guarded(run, state.token_steps, run.path)
 if not steps:
     widgets.no_tokens_notice(run)
 
 c_step, c_sample, c_jump = st.columns([1, 1, 2])
 step = c_step.selectbox("Step", steps, index=len(steps) - 1, key=f"insp_step:{run.key}")
-index = state.tokens(run.path, [step], ["sample", "prefix_source", "correct"]).drop_duplicates("sample")
+index = widgets.guarded(run, state.tokens, run.path, [step], ["sample", "prefix_source", "correct"])
+index = index.drop_duplicates("sample")
 samples = sorted(int(s) for s in index["sample"])
 sources = dict(zip(index["sample"].astype(int), index.get("prefix_source", pd.Series(dtype=str))))
 sample_key = f"insp_sample:{run.key}:{step}"
-top = state.top_tokens(run.path, [step], n=10)
+top = widgets.guarded(run, state.top_tokens, run.path, [step], n=10)
 
 
 def _jump() -> None:
@@ -39,7 +40,8 @@ c_jump.selectbox(
 sample = c_sample.selectbox("Sample", samples, key=sample_key,
                             format_func=lambda s: f"{s} ({sources.get(s, 'student')} prefix)")
 
-rows = state.tokens(run.path, [step], state.INSPECTOR_COLUMNS, filters=[("sample", "in", [int(sample)])])
+rows = widgets.guarded(run, state.tokens, run.path, [step], state.INSPECTOR_COLUMNS,
+                       filters=[("sample", "in", [int(sample)])])
 rows = rows.sort_values("pos").reset_index(drop=True)
 colour_options = colourable_columns(rows.columns)
 if rows.empty or not colour_options:

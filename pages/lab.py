@@ -15,7 +15,7 @@ from opd_core.lab import (
 
 TRAIN = TrainSetting()
 
-st.title("Exact bias/variance lab")
+st.title("Bias/variance lab")
 st.caption(
     "On a tiny vocabulary and a short horizon every sequence can be enumerated, so the bias and the variance of "
     "each OPD gradient estimator are computed exactly, not estimated. Student and teacher are softmax tables "

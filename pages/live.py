@@ -5,6 +5,7 @@ import datetime as dt
 import streamlit as st
 
 from app import charts, state, tables, widgets
+from app.inert import md
 from app.sources import run_sources
 from app.token_strip import colourable_columns, token_strip_html
 from opd_core import checkpoints, launcher, runs
@@ -12,6 +13,8 @@ from opd_core.config import ConfigError
 
 LIVE_STATE = "opd_live_runs"  # run ids to watch (the Launch page adds what it launches)
 TAILS_STATE = "_live_tails"
+WATCH_WIDGET = "_w_live_runs"
+METRIC_CHOSEN = "_live_metric_chosen"  # set only when the user picks a metric; until then follow the default
 REFRESH_S = 2.0
 TOKEN_COLUMNS = ("step", "sample", "pos", "token", "token_id", "is_special", "masked", "signal", "log_ratio",
                  "teacher_logp", "student_logp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
@@ -23,19 +26,31 @@ STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circl
 widgets.header("Live", "Watch runs while they train, next to each other; stop, resume or fork them from a "
                        "checkpoint with one setting changed.")
 runs_dir = run_sources()["runs"]
-summaries = {s.run_id: s for s in launcher.list_runs(runs_dir)}  # pumps the queue
+try:
+    summaries = {s.run_id: s for s in launcher.list_runs(runs_dir)}  # pumps the queue
+except Exception as exc:  # noqa: BLE001 - a damaged runs folder is named, not a traceback
+    widgets.problem(str(runs_dir), exc)
+    st.stop()
 if not summaries:
-    st.info(f"No runs in `{runs_dir}` yet: start one on the Launch page.", icon=":material/info:")
+    st.info(f"No runs in {md(runs_dir)} yet: start one on the Launch page.", icon=":material/info:")
     widgets.link_to("Launch", None, "Open the Launch page")
     st.stop()
 
-watched = [r for r in st.session_state.get(LIVE_STATE, []) if r in summaries]
-if not watched:
+
+
+def _keep_watch_list() -> None:
+    """The user's edit of the watch list is the list from now on (the Launch page appends to it too)."""
+    st.session_state[LIVE_STATE] = list(st.session_state[WATCH_WIDGET])
+
+
+if LIVE_STATE in st.session_state:  # an emptied list stays empty: never refill a user's choice
+    watched = [r for r in st.session_state[LIVE_STATE] if r in summaries]
+else:
     watched = [r for r, s in summaries.items() if s.state in runs.ACTIVE_STATES][:4] or [next(iter(summaries))]
-st.session_state["_w_live_runs"] = watched
-chosen = st.multiselect("Runs to watch", list(summaries), key="_w_live_runs",
-                        format_func=lambda r: f"{r} ({summaries[r].state})")
-st.session_state[LIVE_STATE] = chosen
+st.session_state[LIVE_STATE] = watched
+st.session_state[WATCH_WIDGET] = watched
+chosen = st.multiselect("Runs to watch", list(summaries), key=WATCH_WIDGET, on_change=_keep_watch_list,
+                        format_func=lambda r: f"{r} ({summaries[r].state})")  # plain text widget
 if not chosen:
     st.info("Pick at least one run above.", icon=":material/info:")
     st.stop()
@@ -58,11 +73,11 @@ def _tail(run_id: str) -> launcher.MetricsTail:
 def _progress_row(run_id: str, frame) -> launcher.Progress:
     p = launcher.progress(runs.run_path(runs_dir, run_id), frame)
     total = p.total_steps or "?"
-    text = (f"**{run_id}** · {p.state} · step {p.step} / {total} · elapsed {_duration(p.elapsed_s)}"
+    text = (f"**{md(run_id)}** · {md(p.state)} · step {p.step} / {total} · elapsed {_duration(p.elapsed_s)}"
             + (f" · ETA {_duration(p.eta_s)}" if p.eta_s is not None else ""))
     st.progress(p.fraction, text=text)
     if p.state == "failed":
-        st.error(f"{run_id} failed: {p.error or 'no error recorded'}", icon=STATE_ICONS["failed"])
+        st.error(f"{md(run_id)} failed: {md(p.error or 'no error recorded')}", icon=STATE_ICONS["failed"])
     return p
 
 
@@ -73,11 +88,11 @@ def _controls(run_id: str, p: launcher.Progress) -> None:
                      disabled=p.state not in runs.ACTIVE_STATES,
                      help="SIGTERM: the trainer finishes the step, checkpoints and writes `stopped`."):
         launcher.stop(run_dir)
-        st.toast(f"Stopping {run_id}: it finishes the current step first.")
+        st.toast(f"Stopping {md(run_id)}: it finishes the current step first.")
     if c_resume.button("Resume", key=f"live_resume:{run_id}", icon=":material/play_arrow:",
                        disabled=p.state not in ("stopped", "failed"), help="Continue from the last checkpoint."):
         launcher.resume(run_dir)
-        st.toast(f"Resuming {run_id} from its last checkpoint.")
+        st.toast(f"Resuming {md(run_id)} from its last checkpoint.")
         st.rerun()  # the whole page, so auto-refresh switches back on
     saved = checkpoints.list_checkpoints(run_dir)
     with c_fork.popover("Fork", icon=":material/call_split:", disabled=not saved):
@@ -89,7 +104,7 @@ def _controls(run_id: str, p: launcher.Progress) -> None:
                 child = launcher.fork(run_dir, step, [ln.strip() for ln in changes.splitlines() if ln.strip()],
                                       runs_dir=runs_dir)
             except (ConfigError, launcher.LauncherError) as exc:
-                st.error(str(exc), icon=":material/error:")
+                st.error(md(exc, None), icon=":material/error:")
             else:
                 st.session_state[LIVE_STATE] = [*st.session_state.get(LIVE_STATE, []), child.name]
                 st.session_state["_live_forked"] = child.name
@@ -120,30 +135,47 @@ def live_view() -> None:
     frames = {}
     active = False
     for run_id in chosen:
-        frame = _tail(run_id).frame()
+        try:
+            frame = _tail(run_id).frame()
+            p = _progress_row(run_id, frame)
+        except Exception as exc:  # noqa: BLE001 - one damaged run is named; the others still update
+            widgets.problem(run_id, exc)
+            continue
         frames[run_id] = frame
-        p = _progress_row(run_id, frame)
         active = active or p.state in runs.ACTIVE_STATES
     options = tables.numeric_metrics(frames)
     if options:
-        default = "loss" if "loss" in options else options[0]
-        metric = st.selectbox("Metric", options, index=options.index(default), key="live_metric")
+        default = next((m for m in ("loss", "reverse_kl", "grad_norm") if m in options), options[0])
+        chosen_metric = st.session_state.get(METRIC_CHOSEN)
+        # A run's first line has only time_s: follow the default until the user picks, so the chart moves
+        # on to the loss once it is logged instead of sticking on what was there first.
+        st.session_state["live_metric"] = chosen_metric if chosen_metric in options else default
+        metric = st.selectbox("Metric", options, key="live_metric",
+                              on_change=lambda: st.session_state.__setitem__(METRIC_CHOSEN,
+                                                                             st.session_state["live_metric"]))
         long = tables.compare_long(frames, metric, "step", 0.0)
         widgets.chart(charts.compare_figure(long, metric), "One line per run, by step. A fork starts at its fork "
                       "step + 1, so it lines up with its parent.", key="live_chart")
     else:
         st.caption("No metrics logged yet.")
-    st.subheader(focus)
-    p = launcher.progress(runs.run_path(runs_dir, focus), frames.get(focus))
+    st.subheader(md(focus))
+    try:
+        p = launcher.progress(runs.run_path(runs_dir, focus), frames.get(focus))
+    except Exception as exc:  # noqa: BLE001
+        widgets.problem(focus, exc)
+        return
     if p.state == "finished":
-        st.success(f"{focus} finished ({p.step} steps).", icon=STATE_ICONS["finished"])
+        st.success(f"{md(focus)} finished ({p.step} steps).", icon=STATE_ICONS["finished"])
     elif p.state == "stopped":
-        st.info(f"{focus} stopped at step {p.step}; Resume continues from its last checkpoint.",
+        st.info(f"{md(focus)} stopped at step {p.step}; Resume continues from its last checkpoint.",
                 icon=STATE_ICONS["stopped"])
     _controls(focus, p)
     if st.session_state.get("_live_forked"):
-        st.success(f"Forked into `{st.session_state['_live_forked']}` (now watched above).", icon=":material/check:")
-    _latest_tokens(focus)
+        st.success(f"Forked into {md(st.session_state['_live_forked'])} (now watched above).", icon=":material/check:")
+    try:
+        _latest_tokens(focus)
+    except Exception as exc:  # noqa: BLE001 - a damaged token file hides the strip, not the controls
+        widgets.problem(focus, exc)
     with st.expander("Log tail", expanded=p.state == "failed"):
         st.code(launcher.log_tail(runs.run_path(runs_dir, focus)) or "(empty)", language=None)
     if active != st.session_state.get("_live_active", active):

@@ -1,22 +1,24 @@
 """Tokenizer mismatch page (failure mode 3): do the two tokenizers and chat templates agree?"""
 
-import pandas as pd
 import streamlit as st
 
-from app import charts, state, widgets
+from app import charts, state, tables, widgets
+from app.inert import md
+from app.token_strip import pieces_html
 from opd_core.diagnostics import mismatch
+from opd_core.token_text import visible
 
 widgets.header("Tokenizer mismatch", "Failure mode 3 — different vocabularies, special tokens or EOS: the teacher "
                                      "is asked about ids it reads as something else and answers with giant, wrong "
                                      "signals (often at the end of every response).")
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
-steps = state.token_steps(run.path)
+steps = widgets.guarded(run, state.token_steps, run.path)
 if not steps:
     widgets.no_tokens_notice(run)
 chosen = widgets.pick_step_window(run, steps, "mm_steps")
-view = state.mismatch_view(run.path, chosen)
-alignment = view["alignment"]
+view = widgets.guarded(run, state.mismatch_view, run.path, chosen)
+alignment = view["alignment"] if isinstance(view["alignment"], dict) else None
 
 c = st.columns(4)
 c[0].metric("|signal| on special tokens", widgets.fmt(view["special_share"], ".0%"),
@@ -24,7 +26,7 @@ c[0].metric("|signal| on special tokens", widgets.fmt(view["special_share"], ".0
 c[1].metric("|signal| on EOS", widgets.fmt(view["eos_share"], ".0%"))
 c[2].metric("vocabulary overlap", widgets.fmt((alignment or {}).get("overlap_ratio"), ".0%"))
 eos_verdict, eos_detail = mismatch.student_eos_for_teacher(alignment)
-c[3].metric("student EOS, to the teacher", eos_verdict, help=eos_detail or None)
+c[3].metric("student EOS, to the teacher", md(eos_verdict), help=md(eos_detail, None) if eos_detail else None)
 
 st.subheader("The two tokenizers")
 if alignment is None:
@@ -32,20 +34,32 @@ if alignment is None:
             "Compare two tokenizers with `opd-lab tokenizers compare A B`.", icon=":material/info:")
 else:
     a, b = st.columns(2)
-    a.markdown(f"**Student** · vocabulary {alignment.get('vocab_size_a', '–')} · EOS `{alignment.get('eos_a')}`")
-    b.markdown(f"**Teacher** · vocabulary {alignment.get('vocab_size_b', '–')} · EOS `{alignment.get('eos_b')}`")
-    specials = alignment.get("special_tokens") or {}
-    names = sorted(set(specials.get("a", {})) | set(specials.get("b", {})))
-    table = pd.DataFrame({"role": names,
-                          "student": [str(specials.get("a", {}).get(n, "")) for n in names],
-                          "teacher": [str(specials.get("b", {}).get(n, "")) for n in names]})
-    st.dataframe(table, hide_index=True, width="stretch")
+    a.markdown(f"**Student** · vocabulary {md(alignment.get('vocab_size_a', '–'))} · EOS "
+               f"**{md(visible(str(alignment.get('eos_a'))))}**")
+    b.markdown(f"**Teacher** · vocabulary {md(alignment.get('vocab_size_b', '–'))} · EOS "
+               f"**{md(visible(str(alignment.get('eos_b'))))}**")
+    specials = alignment.get("special_tokens") if isinstance(alignment.get("special_tokens"), dict) else {}
+    st.dataframe(tables.special_token_table(specials), hide_index=True, width="stretch",
+                 column_config={"same": st.column_config.TextColumn("same?", width="small")})
     st.caption("Special tokens side by side: a role whose strings differ (or that one side lacks) is a token the "
                "teacher reads as something else. Mask it, or map EOS by meaning.")
+    samples = {who: (specials.get(who) or {}).get("chat_template_sample") for who in ("a", "b")
+               if isinstance(specials.get(who), dict)}
+    if any(isinstance(v, str) for v in samples.values()):
+        st.markdown("**The chat template, rendered for one exchange**")
+        a, b = st.columns(2)
+        a.code(str(samples.get("a") or "–"), language=None, wrap_lines=True)
+        b.code(str(samples.get("b") or "–"), language=None, wrap_lines=True)
     examples = alignment.get("examples")
-    if examples:
-        with st.expander("Re-tokenisation examples"):
-            st.dataframe(pd.DataFrame(examples).astype(str), hide_index=True, width="stretch")
+    if isinstance(examples, list) and examples:
+        with st.expander("Re-tokenisation examples: each side's pieces, one box each"):
+            for ex in examples[:8]:
+                if not isinstance(ex, dict):
+                    continue
+                st.caption(f"text: {md(ex.get('text', ''))}")
+                ta, tb = list(ex.get("tokens_a") or []), list(ex.get("tokens_b") or [])
+                st.html(pieces_html(ta, tb, "student") + pieces_html(tb, ta, "teacher"))
+            st.caption("A red outline marks a piece the other tokenizer does not produce for this text.")
 
 left, right = st.columns(2)
 with left:

@@ -1,9 +1,10 @@
-"""Runs page: every run with status, objective, settings, last metrics and health flags; pick some."""
+"""Runs page: every run with status, objective, last metrics, health flags and settings; pick some."""
 
 import pandas as pd
 import streamlit as st
 
 from app import charts, state, tables, widgets
+from app.inert import md, plain
 from opd_core import runs
 
 widgets.header("Runs", "Every run OPD Lab can see: the shipped samples and yours. Pick one to diagnose, "
@@ -12,28 +13,41 @@ refs = widgets.runs_or_notice()
 
 rows = []
 for ref in refs:
-    summary = runs.summarize_run(ref.path)
-    rows.append(tables.run_row(ref.key, ref.label, summary, state.metrics(ref.path), state.health_report(ref.path)))
+    try:
+        rows.append(tables.run_row(ref.key, ref.label, runs.summarize_run(ref.path), state.metrics(ref.path),
+                                   state.health_report(ref.path)))
+    except Exception as exc:  # noqa: BLE001 - one damaged run is one row that says so, never a blank page
+        rows.append(tables.damaged_row(ref.key, ref.label, widgets.describe(exc)))
 table = pd.DataFrame(rows)
 st.dataframe(
-    table.drop(columns=["key"]), hide_index=True, width="stretch",
+    table.drop(columns=["key"]).map(lambda v: plain(v) if isinstance(v, str) else v),
+    hide_index=True, width="stretch",
     column_config={
-        "loss": st.column_config.NumberColumn(format="%.4g"),
-        "eval_accuracy": st.column_config.NumberColumn("eval acc", format="%.3f"),
-        "response_len": st.column_config.NumberColumn("resp. len", format="%.1f"),
-        "grad_norm": st.column_config.NumberColumn("grad norm", format="%.3g"),
-        "signal_gini": st.column_config.NumberColumn("signal Gini", format="%.2f"),
+        "run": st.column_config.TextColumn("run", width="medium", pinned=True),
+        "status": st.column_config.TextColumn("status", width="small"),
+        "objective": st.column_config.TextColumn("objective", width="small"),
+        "progress": st.column_config.TextColumn("step", width="small"),
+        "loss": st.column_config.NumberColumn("loss", format="%.4g", width="small"),
+        "eval_accuracy": st.column_config.NumberColumn("eval acc", format="%.3f", width="small"),
+        "response_len": st.column_config.NumberColumn("resp. len", format="%.1f", width="small"),
+        "grad_norm": st.column_config.NumberColumn("grad norm", format="%.3g", width="small"),
+        "signal_gini": st.column_config.NumberColumn("signal Gini", format="%.2f", width="small"),
         "flags": st.column_config.TextColumn("health flags", width="large"),
+        "settings": st.column_config.TextColumn("settings", width="medium"),
     },
 )
 st.caption("Status comes from status.json with the trainer's process checked (a run whose process died shows "
-           "as failed, stale). Metrics are the last logged values; flags are the Health page's warnings.")
+           "as failed, stale). Metrics are the last logged values; flags are the Health page's warnings; a run "
+           "with a damaged file says which file in its flags.")
 
 st.subheader("Pick runs")
 run = widgets.pick_run(refs, "Diagnose this run")
-chosen = st.multiselect("Compare these runs", [r.key for r in refs],
-                        default=[k for k in st.session_state.get(widgets.RUNS_STATE, []) if k in
-                                 {r.key for r in refs}] or [r.key for r in refs[:4]],
+keys = {r.key for r in refs}
+if widgets.RUNS_STATE in st.session_state:
+    compare_default = [k for k in st.session_state[widgets.RUNS_STATE] if k in keys]
+else:
+    compare_default = widgets.default_compare(refs)
+chosen = st.multiselect("Compare these runs", [r.key for r in refs], default=compare_default,
                         format_func={r.key: r.label for r in refs}.get, key="runs_page_compare")
 widgets.set_selected_runs(chosen)
 cols = st.columns(4)
@@ -46,18 +60,20 @@ with cols[2]:
 with cols[3]:
     widgets.link_to("Compare", None, f"Compare {len(chosen)} runs")
 
-st.subheader(f"Run {run.label}")
-summary = runs.summarize_run(run.path)
-status = runs.read_status(run.path)
-c = st.columns(4)
-c[0].metric("status", summary.state)
+st.subheader(f"Run {md(run.label)}")
+summary = widgets.guarded(run, runs.summarize_run, run.path)
+status = widgets.guarded(run, runs.read_status, run.path)
+c = st.columns([1, 1, 2, 1])
+c[0].metric("status", md(summary.state))
 c[1].metric("step", f"{summary.step or 0}" + (f" / {summary.total_steps}" if summary.total_steps else ""))
-c[2].metric("objective", summary.objective or "–")
-c[3].metric("logged token steps", len(state.token_steps(run.path)))
-if status.get("error"):
-    st.warning(f"This run reports: {status['error']}", icon=":material/report:")
-metrics = state.metrics(run.path)
+c[2].metric("objective", md(summary.objective or "–"))
+c[3].metric("logged token steps", len(widgets.guarded(run, state.token_steps, run.path)))
+for problem in getattr(summary, "problems", None) or []:
+    st.warning(md(problem), icon=":material/broken_image:")
+if isinstance(status, dict) and status.get("error"):
+    st.warning(f"This run reports: {md(status['error'])}", icon=":material/report:")
+metrics = widgets.guarded(run, state.metrics, run.path)
 widgets.chart(charts.metrics_overview_figure(metrics, ["loss", "eval_accuracy", "grad_norm", "response_len"]),
               "Each panel is one metric over training steps; eval accuracy is logged every eval_every steps.")
 with st.expander("Full configuration"):
-    st.json(summary.config)
+    st.json(summary.config if isinstance(summary.config, dict) else {})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,11 +56,22 @@ def running_opd_lab(runs_dir: Path, *extra: str) -> Iterator[str]:
             raise AssertionError("opd-lab did not answer on /_stcore/health within 90 s")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Stop `opd-lab` (which stops its Streamlit server), then make sure nothing of its session is left."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    # The server runs in opd-lab's session: anything still there is killed with the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ untrusted run ids and token text never become paths or live markup."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,224 @@ def test_server_runs_streamlit_on_the_requested_address_with_the_runs_folders(tm
     assert server.server_env(tmp_path, show_samples=False)[ENV_SAMPLE_RUNS] == ""
     with pytest.raises(ValueError, match="port"):
         server.serve(tmp_path, port=70000)
+
+
+# ----------------------------------------------------------------------------- damaged runs and hostile text
+
+PAGES_READING_RUNS = ["runs", "inspector", "imbalance", "drift", "mismatch", "health", "compare", "live"]
+
+
+def _damage(base: Path) -> list[str]:
+    """A healthy run `good` beside runs that each have one damaged file; returns the damaged run ids."""
+    write_synthetic_run(base / "good", steps=4, log_every=2, samples=2, length=8)
+
+    def run(name: str) -> Path:
+        return write_synthetic_run(base / name, steps=4, log_every=2, samples=2, length=8)
+
+    run("zero-parquet")
+    (base / "zero-parquet" / "tokens" / "step_000002.parquet").write_bytes(b"")
+    run("garbage-parquet")
+    (base / "garbage-parquet" / "tokens" / "step_000000.parquet").write_bytes(b"PAR1 not really" * 10)
+    run("status-list")
+    (base / "status-list" / "status.json").write_text("[1, 2, 3]")
+    run("status-dir")
+    (base / "status-dir" / "status.json").unlink()
+    (base / "status-dir" / "status.json").mkdir()
+    run("status-bad-pid")
+    (base / "status-bad-pid" / "status.json").write_text('{"state": "running", "pid": "123abc"}')
+    run("config-list")
+    (base / "config-list" / "config.json").write_text('["objective", 1]')
+    run("metrics-latin1")
+    with open(base / "metrics-latin1" / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"step": 9, "loss": "caf\xe9"}\n')
+    run("metrics-mixed-steps")
+    with open(base / "metrics-mixed-steps" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": "seven", "loss": 1.0}\n{"step": [1], "loss": {}}\n')
+    run("metrics-dir")
+    (base / "metrics-dir" / "metrics.jsonl").unlink()
+    (base / "metrics-dir" / "metrics.jsonl").mkdir()
+    run("alignment-garbage")
+    (base / "alignment-garbage" / "alignment.json").write_text('{"special_tokens": [1], "examples": "x", "eos_a": {}}')
+    run("tokens-file")
+    import shutil
+
+    shutil.rmtree(base / "tokens-file" / "tokens")
+    (base / "tokens-file" / "tokens").write_text("not a folder")
+    return sorted(p.name for p in base.iterdir() if p.name != "good")
+
+
+@pytest.fixture(scope="module")
+def damaged_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    base = tmp_path_factory.mktemp("damaged")
+    return base, _damage(base)
+
+
+@pytest.mark.parametrize("page", PAGES_READING_RUNS)
+def test_every_page_survives_each_damaged_run_and_still_shows_the_good_one(monkeypatch, damaged_runs_dir,
+                                                                           page) -> None:
+    base, damaged = damaged_runs_dir
+    at = _app(monkeypatch, base)
+    at.run()
+    for run_id in [*damaged, "good"]:
+        at.session_state["opd_run"] = f"runs:{run_id}"
+        at.session_state["opd_runs"] = [f"runs:{d}" for d in [*damaged, "good"]]
+        at.session_state["opd_live_runs"] = [run_id, "good"]
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, f"{page} on {run_id}: {[e.value for e in at.exception]}"
+    if page == "runs":
+        table = at.dataframe[0].value
+        assert {"good", *damaged} <= set(table["run"])
+        good = table[table["run"] == "good"].iloc[0]
+        assert good["status"] == "finished" and good["loss"] is not None
+
+
+def test_a_damaged_run_is_named_with_its_file_on_a_diagnosis_page(monkeypatch, damaged_runs_dir) -> None:
+    base, _ = damaged_runs_dir
+    at = _app(monkeypatch, base)
+    at.query_params["run"] = "runs:metrics-dir"
+    _open(at, "health")
+    shown = " ".join(w.value for w in at.warning)
+    assert "metrics" in shown and "metrics\\-dir" in shown, shown
+
+
+HOSTILE = "![x](http://127.0.0.1:9/x.png) `tick` $$x^2$$ <img src=x onerror=alert(1)> \u202eevil\u202c \x00nul"
+
+
+def write_hostile_run(base: Path) -> Path:
+    """A run whose every string a page shows holds Markdown/HTML that would fetch or run something."""
+    run = write_synthetic_run(base / "hostile", steps=2, log_every=1, samples=2, length=6)
+    config = json.loads((run / "config.json").read_text())
+    config.update(objective=HOSTILE, student=HOSTILE, teacher=HOSTILE)
+    (run / "config.json").write_text(json.dumps(config))
+    status = json.loads((run / "status.json").read_text())
+    status.update(state="failed", error=HOSTILE)
+    (run / "status.json").write_text(json.dumps(status))
+    align = json.loads((run / "alignment.json").read_text()) if (run / "alignment.json").exists() else {}
+    align.update(eos_a=HOSTILE, eos_b=HOSTILE, name_a=HOSTILE, name_b=HOSTILE,
+                 special_tokens={"a": {"eos": {"token": HOSTILE, "id": 1}, "chat_template_sample": HOSTILE},
+                                 "b": {"eos": {"token": HOSTILE, "id": 2}}},
+                 examples=[{"text": HOSTILE, "tokens_a": [HOSTILE, "a"], "tokens_b": ["b", HOSTILE]}])
+    (run / "alignment.json").write_text(json.dumps(align))
+    for step in runs.token_steps(run):
+        table = runs.read_tokens(run, steps=[step])
+        for column in ("token", "teacher_token", "prompt", "response_text"):
+            if column in table:
+                table[column] = HOSTILE
+        for column in ("teacher_topk_tokens", "student_topk_tokens"):
+            if column in table:
+                table[column] = [[HOSTILE] * len(v) for v in table[column]]
+        runs.write_token_records(run, step, table)
+    return run
+
+
+def _markdown_bodies(at: AppTest) -> list[str]:
+    bodies = []
+    for kind in ("markdown", "caption", "title", "header", "subheader", "warning", "error", "info", "success"):
+        bodies += [str(e.value) for e in getattr(at, kind)]
+    bodies += [str(m.label) + " " + str(m.value) for m in at.metric]
+    bodies += [str(p.proto.text) for p in at.get("progress")]
+    return bodies
+
+
+def test_hostile_strings_reach_markdown_escaped_on_every_page(monkeypatch, tmp_path) -> None:
+    write_hostile_run(tmp_path)
+    at = _app(monkeypatch, tmp_path)
+    at.session_state["opd_live_runs"] = ["hostile"]
+    for page in PAGES_READING_RUNS:
+        _open(at, page)
+        for body in _markdown_bodies(at):
+            live = re.sub(r"\\.", "", body)  # what Markdown still interprets once backslash escapes are gone
+            for active in ("![x](", "](http", "`tick`", "$$", "<img", "\x00", "\u202e"):
+                assert active not in live, (page, active, body)
+        assert "<img" not in _html(at).replace("&lt;img", ""), page
+
+
+def test_the_live_watch_list_keeps_the_users_edits(monkeypatch, runs_dir) -> None:
+    at = _app(monkeypatch, runs_dir)
+    _open(at, "live")
+    box = at.multiselect(key="_w_live_runs")
+    assert box.value == ["alpha"] or box.value == ["beta"]
+    box.set_value(["alpha", "beta"]).run()
+    assert at.multiselect(key="_w_live_runs").value == ["alpha", "beta"]
+    at.run()  # a plain rerun (the auto-refresh) must not bring the old list back
+    assert at.multiselect(key="_w_live_runs").value == ["alpha", "beta"]
+    at.multiselect(key="_w_live_runs").set_value(["beta"]).run()
+    assert at.multiselect(key="_w_live_runs").value == ["beta"]
+    assert at.selectbox(key="live_focus").value == "beta"
+
+
+def test_runs_and_compare_start_from_the_readme_baseline_and_a_cleared_selection_stays_cleared(monkeypatch,
+                                                                                            tmp_path) -> None:
+    at = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
+    _open(at, "runs")
+    assert at.selectbox(key="_w_run").value == "samples:baseline-sampled-token"
+    _open(at, "compare")
+    box = at.multiselect(key="_w_runs")
+    assert "samples:baseline-sampled-token" in box.value
+    box.set_value([]).run()
+    assert at.multiselect(key="_w_runs").value == []
+    _open(at, "compare")
+    assert at.multiselect(key="_w_runs").value == []
+
+
+@pytest.mark.slow
+def test_sigterm_to_opd_lab_stops_its_streamlit_server(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.browser_support import free_port
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / "app" / "server.py"), "--runs-dir", str(tmp_path),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "opd-lab started no server"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_dashboard_under_its_own_name_not_as_top_level_app_or_pages(tmp_path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+    wheel = next(tmp_path.glob("opd_lab-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"opd_core", "opd_lab_dashboard"}, top
+    for needed in ("opd_lab_dashboard/app/main.py", "opd_lab_dashboard/app/server.py",
+                   "opd_lab_dashboard/app/static/favicon.png", "opd_lab_dashboard/pages/runs.py"):
+        assert needed in names, needed
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode()
+
+
+def test_no_code_patches_sys_path() -> None:
+    offenders = [str(p.relative_to(REPO)) for folder in ("app", "pages", "opd_core")
+                 for p in (REPO / folder).rglob("*.py") if "sys.path.insert" in p.read_text() or
+                 "sys.path.append" in p.read_text()]
+    assert offenders == []

@@ -34,8 +34,7 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def fake_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The fake trainer of test_launcher (same contract as the engine's), for page tests that need no model."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_launcher import FAKE_TRAINER
+    from tests.test_launcher import FAKE_TRAINER
 
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
@@ -91,7 +90,7 @@ def _watch_until(run_id: str, states: tuple[str, ...], timeout: float = 120) -> 
     while time.time() < deadline:
         live.run()
         assert not live.exception, live.exception
-        text = " ".join(str(p.proto.text) for p in live.get("progress")).replace("**", "")
+        text = " ".join(str(p.proto.text) for p in live.get("progress")).replace("**", "").replace("\\", "")
         if any(f"{run_id} · {s}" in text for s in states):
             return live
         time.sleep(0.3)

@@ -1,0 +1,46 @@
+"""How untrusted text (anything read from a run directory or produced by a model) reaches the page inert.
+
+Run files come from other machines and other trainers; token text comes from a model. Streamlit renders
+Markdown in titles, captions, ``st.markdown``, metric labels and alerts, and Markdown can fetch images
+(``![x](http://...)``), open code spans, start LaTeX (``$$``) or draw coloured text. Every such string
+goes through :func:`md` before it is put into a Markdown sink, and through :func:`html_text` before an
+HTML sink; plain-text widgets (``st.text``, ``st.code``, dataframes) need only :func:`plain`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Bidirectional overrides/isolates reorder what a reader sees (an "RTL override" attack); C0/C1 controls
+# (NUL included) have no glyph. Each is replaced by a visible marker naming its code point.
+_INVISIBLE = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e"
+                        "\u2066-\u2069\ufeff]")
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping all of them is the
+# only way to be sure none starts a link, image, code span, emphasis, heading, table, math or directive.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:&\"'=^@%/;?,])")
+
+
+def plain(text: object, limit: int | None = None) -> str:
+    """The text as one safe line of plain text: control and bidi-override characters made visible.
+
+    ``limit`` cuts very long strings (an error message of 10,000 characters) and says so.
+    """
+    s = "" if text is None else str(text)
+    s = _INVISIBLE.sub(lambda m: f"⟨U+{ord(m.group()):04X}⟩", s)
+    if limit is not None and len(s) > limit:
+        s = s[:limit] + f"… ({len(s) - limit} more characters)"
+    return s
+
+
+def md(text: object, limit: int | None = 300) -> str:
+    """The text for a Markdown sink: shown literally, never a link, image, code span, formula or markup."""
+    s = plain(text, limit)
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    # Newlines would start new Markdown blocks (headings, lists); a line break is enough to read them.
+    return s.replace("\r", " ").replace("\n", " ⏎ ")
+
+
+def html_text(text: object, limit: int | None = None) -> str:
+    """The text for an HTML sink (``st.html``): escaped, quotes included."""
+    return html.escape(plain(text, limit), quote=True)
