@@ -215,8 +215,9 @@ def _validated(config: RunConfig | Mapping[str, Any]) -> RunConfig:
 
 
 def _enqueue(run_dir: Path, **fields: Any) -> None:
+    # No pid until a process takes it: a queued run with a pid is one whose trainer has started.
     runs.write_status(run_dir, state="queued", queued_at=time.time(), error=None, stop_requested_at=None,
-                      finished_at=None, **fields)
+                      finished_at=None, pid=None, pid_start=None, host=None, **fields)
 
 
 def launch(config: RunConfig | Mapping[str, Any], runs_dir: str | Path, name: str | None = None, *,

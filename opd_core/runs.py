@@ -24,17 +24,15 @@ import json
 import math
 import os
 import re
-import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from opd_core import process_identity
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STATES = ("queued", "running", "finished", "failed", "stopped")
@@ -93,7 +91,15 @@ def validate_run_id(run_id: str) -> str:
         raise RunDirError(
             f"run id {run_id!r} is not allowed: use 1-64 characters from A-Z a-z 0-9 . _ - (no slashes)"
         )
+    if run_id.startswith("."):
+        # Dot names are the runs folder's own files (the queue's lock and settings): never a run.
+        raise RunDirError(f"run id {run_id!r} is not allowed: it may not start with '.'; pick a plain name")
     return run_id
+
+
+def is_run_name(name: str) -> bool:
+    """Whether a folder name in a runs folder can be a run (dot names are the folder's own files)."""
+    return bool(RUN_ID_PATTERN.match(name)) and not name.startswith(".")
 
 
 def run_path(runs_dir: str | Path, run_id: str) -> Path:
@@ -141,7 +147,8 @@ def create_run_dir(runs_dir: str | Path, name: str | None = None, *, prefix: str
 def is_run_dir(path: str | Path) -> bool:
     """True when ``path`` looks like a run directory (it has a config or a status file)."""
     p = Path(path)
-    return p.is_dir() and ((p / CONFIG_FILE).exists() or (p / STATUS_FILE).exists())
+    # lexists: a damaged entry (a dangling or looping symlink) still marks a run, to be read as damaged.
+    return p.is_dir() and (os.path.lexists(p / CONFIG_FILE) or os.path.lexists(p / STATUS_FILE))
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -196,9 +203,52 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path, default: Any = None) -> Any:
     """Read a JSON file; a missing or unreadable file gives ``default`` (atomic writers make that rare)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return load_json_file(path)
+    except (FileNotFoundError, RunFileError):
         return default
+
+
+def load_json_file(path: str | Path, name: str | None = None) -> Any:
+    """A JSON file's value; FileNotFoundError when absent, RunFileError naming the damage otherwise."""
+    path = Path(path)
+    name = name or path.name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise RunFileError(name, "a symlink to a missing file") from None
+        raise
+    except IsADirectoryError:
+        raise RunFileError(name, "a directory, not a file") from None
+    except OSError as exc:
+        raise RunFileError(name, f"cannot be read ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise RunFileError(name, f"empty ({len(data)} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunFileError(name, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RunFileError(name, f"not valid JSON ({getattr(exc, 'msg', exc)})") from None
+
+
+def read_json_object(run_dir: str | Path, name: str, problems: list[str] | None = None) -> dict | None:
+    """A run file that must hold a JSON object: the dict, or None (absent or damaged: named in ``problems``)."""
+    try:
+        value = load_json_file(Path(run_dir) / name, name)
+    except FileNotFoundError:
+        return None
+    except RunFileError as exc:
+        if problems is not None:
+            problems.append(str(exc))
+        return None
+    if not isinstance(value, dict):
+        if problems is not None:
+            problems.append(str(RunFileError(name, f"not a JSON object ({type(value).__name__})")))
+        return None
+    return value
 
 
 # ----------------------------------------------------------------------------- config and status
@@ -208,53 +258,26 @@ def write_config(run_dir: str | Path, config: dict) -> None:
     atomic_write_json(Path(run_dir) / CONFIG_FILE, config)
 
 
-def read_config(run_dir: str | Path) -> dict:
-    return read_json(Path(run_dir) / CONFIG_FILE, default={}) or {}
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    """Kernel start time of ``pid`` (Linux), so a recycled pid is not mistaken for our trainer."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime) comes after the parenthesised command name, which may contain spaces.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split()[0]
+def read_config(run_dir: str | Path, problems: list[str] | None = None) -> dict:
+    """config.json as a dict; ``{}`` when absent or damaged (the damage is named in ``problems``)."""
+    return read_json_object(run_dir, CONFIG_FILE, problems) or {}
 
 
 def pid_alive(pid: int | None, start_ticks: int | None = None, host: str | None = None) -> bool:
-    """Whether the process that wrote a status file is still there (not gone, not a zombie, not recycled)."""
-    if not pid or pid <= 0:
-        return False
-    if host and host != socket.gethostname():
-        return True  # another machine's process: we cannot tell, so do not call it dead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if _process_state(pid) == "Z":
-        return False
-    return not (start_ticks is not None and _process_start_ticks(pid) not in (None, start_ticks))
+    """Whether the process that wrote a status file is still there (see :mod:`opd_core.process_identity`).
+
+    A process on another host cannot be checked from here, so it counts as alive (and is never signalled).
+    """
+    if host and host != process_identity.this_host():
+        return process_identity.as_pid(pid) is not None
+    return process_identity.alive(pid, start_ticks)
 
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict:
     """Merge ``fields`` into status.json (atomically) and stamp ``updated_at``; returns the new status."""
     path = Path(run_dir) / STATUS_FILE
-    status = read_json(path, default={}) or {}
+    status = read_json(path, default={})
+    status = dict(status) if isinstance(status, dict) else {}  # a damaged status is replaced, not merged
     status.update(fields)
     status["updated_at"] = time.time()
     if "state" in fields and fields["state"] not in STATES:
@@ -265,35 +288,74 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict:
 
 def mark_process(run_dir: str | Path, pid: int | None = None) -> dict:
     """Record the current (or given) process as the run's owner, with what identifies it uniquely."""
-    pid = pid or os.getpid()
-    return write_status(run_dir, pid=pid, pid_start=_process_start_ticks(pid), host=socket.gethostname())
+    return write_status(run_dir, **process_identity.identity(pid))
 
 
-def read_status(run_dir: str | Path) -> dict:
-    """status.json, with liveness checked: a ``running`` run whose process is gone reads as ``failed``.
+def read_status(run_dir: str | Path, problems: list[str] | None = None) -> dict:
+    """status.json, with liveness checked: an active run whose process is gone reads as ``failed``.
 
     The returned dict has ``stale: True`` and an ``error`` that says when the process was last seen,
-    so the dashboard can tell a crash (``kill -9``, out of memory) from a clean failure.
+    so the dashboard can tell a crash (``kill -9``, out of memory) from a clean failure. A run whose
+    process was started (a pid is recorded) but was killed before it reported ``running`` reads the same.
+    A run written by a process on another host keeps its state and gets ``elsewhere`` (that host's name):
+    it cannot be checked or stopped from here. A damaged status.json reads as ``failed``, with the damage
+    as the error (and in ``problems``).
     """
     run_dir = Path(run_dir)
-    status = read_json(run_dir / STATUS_FILE, default=None)
+    damage: list[str] = []
+    status = read_json_object(run_dir, STATUS_FILE, damage)
+    if problems is not None:
+        problems.extend(damage)
+    has_metrics = (run_dir / METRICS_FILE).exists()
     if status is None:
-        status = {"state": "failed" if (run_dir / METRICS_FILE).exists() else "queued",
-                  "error": "status.json is missing" if (run_dir / METRICS_FILE).exists() else None}
-    status.setdefault("state", "queued")
+        error = damage[0] if damage else ("status.json is missing" if has_metrics else None)
+        status = {"state": "failed" if (damage or has_metrics) else "queued", "error": error}
+    status = _clean_status(status, problems)
     status["stale"] = False
-    if status["state"] == "running" and not pid_alive(
-        status.get("pid"), status.get("pid_start"), status.get("host")
-    ):
+    status["elsewhere"] = process_identity.elsewhere(status)
+    active = status["state"] == "running" or (status["state"] == "queued" and status.get("pid") is not None)
+    if active and not status["elsewhere"] and not process_identity.alive(status.get("pid"), status.get("pid_start")):
         seen = status.get("updated_at")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seen)) if seen else "unknown"
+        before = "" if status["state"] == "running" else " before it reported running"
         status["state"] = "failed"
         status["stale"] = True
         status["last_seen"] = seen
         status["error"] = status.get("error") or (
-            f"trainer process {status.get('pid')} is gone (killed or crashed); last seen {when}. "
+            f"trainer process {status.get('pid')} is gone{before} (killed or crashed); last seen {when}. "
             "Everything logged before is intact; resume with `opd-lab runs resume`."
         )
+    return status
+
+
+_NUMBER_FIELDS = ("step", "total_steps", "created_at", "updated_at", "started_at", "resumed_at", "finished_at",
+                  "queued_at", "launched_at", "stop_requested_at", "fork_step", "start_step", "world_size")
+
+
+def _clean_status(status: dict, problems: list[str] | None) -> dict:
+    """Fields of the types readers expect: a wrong-typed field is dropped (and named), never passed on."""
+    status = dict(status)
+    bad: list[str] = []
+    if status.get("state") not in STATES:
+        if "state" in status:
+            bad.append(f"state {status['state']!r} is not one of {', '.join(STATES)}")
+        status["state"] = "failed" if "state" in status else "queued"
+    for key in _NUMBER_FIELDS:
+        value = status.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            bad.append(f"{key} {value!r} is not a number")
+            status[key] = None
+    if "pid" in status and status["pid"] is not None and process_identity.as_pid(status["pid"]) is None:
+        bad.append(f"pid {status['pid']!r} is not a process id")
+        status["pid"] = None
+    if status.get("error") is not None and not isinstance(status["error"], str):
+        status["error"] = str(status["error"])
+    if bad:
+        if problems is not None:
+            problems.extend(str(RunFileError(STATUS_FILE, b)) for b in bad)
+        if status["state"] == "failed" and not status.get("error"):
+            status["error"] = str(RunFileError(STATUS_FILE, bad[0]))
     return status
 
 
@@ -334,236 +396,108 @@ class MetricsWriter:
         self.close()
 
 
-def iter_metric_records(run_dir: str | Path, start_byte: int = 0) -> Iterator[tuple[dict, int]]:
-    """Yield (record, end_byte) for complete lines from ``start_byte``; a partial last line is skipped."""
+def iter_metric_records(run_dir: str | Path, start_byte: int = 0,
+                        problems: list[str] | None = None) -> Iterator[tuple[dict, int]]:
+    """Yield (record, end_byte) for complete lines from ``start_byte``; a partial last line is skipped.
+
+    Lines that are not a JSON object (garbage, not UTF-8) and records whose ``step`` is not a whole
+    number >= 0 are skipped; with ``problems`` given, one line per kind of damage is added to it.
+    """
     path = Path(run_dir) / METRICS_FILE
+    bad_lines: list[int] = []
+    bad_steps: list[int] = []
     try:
         with open(path, "rb") as fh:
             fh.seek(start_byte)
             pos = start_byte
-            for raw in fh:
+            for number, raw in enumerate(fh, start=1):
                 if not raw.endswith(b"\n"):
                     break
                 pos += len(raw)
                 try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError:
+                    rec = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError):  # not JSON, or not UTF-8
+                    if raw.strip():
+                        bad_lines.append(number)
                     continue
-                if isinstance(rec, dict):
-                    yield rec, pos
+                if not isinstance(rec, dict):
+                    bad_lines.append(number)
+                    continue
+                if not _is_step(rec.get("step")):
+                    bad_steps.append(number)
+                    continue
+                yield rec, pos
     except FileNotFoundError:
         return
+    except IsADirectoryError:
+        if problems is not None:
+            problems.append(str(RunFileError(METRICS_FILE, "a directory, not a file")))
+        return
+    except OSError as exc:
+        if problems is not None:
+            problems.append(str(RunFileError(METRICS_FILE, f"cannot be read ({exc.strerror or exc})")))
+        return
+    if problems is not None:
+        if bad_lines:
+            problems.append(str(RunFileError(METRICS_FILE, f"{_count_lines(bad_lines)} not a JSON object "
+                                                           "(garbage or not UTF-8); skipped")))
+        if bad_steps:
+            problems.append(str(RunFileError(METRICS_FILE, f"{_count_lines(bad_steps)} without a step that is a "
+                                                           "whole number >= 0; skipped")))
 
 
-def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count_lines(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:3])) + (", ..." if len(numbers) > 3 else "")
+    return f"{len(numbers)} line{'s' if len(numbers) > 1 else ''} ({shown}) {'are' if len(numbers) > 1 else 'is'}"
+
+
+def read_metrics(run_dir: str | Path, problems: list[str] | None = None) -> pd.DataFrame:
     """All per-step metrics as a DataFrame sorted by step; a step logged twice keeps its last record.
 
     A step can appear twice when a run is resumed from a checkpoint older than its last logged step:
     the resumed process re-runs those steps and its records are the ones the run's weights followed.
+    Damaged lines are skipped (and named in ``problems``), so one bad line never hides the others.
     """
-    records = [rec for rec, _ in iter_metric_records(run_dir)]
+    records = [rec for rec, _ in iter_metric_records(run_dir, problems=problems)]
     if not records:
         return pd.DataFrame(columns=["step"])
     df = pd.DataFrame.from_records(records)
     if "step" in df:
-        df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+        df = df[df["step"].notna()]
+        df = df.astype({"step": "int64"}).drop_duplicates("step", keep="last").sort_values("step")
+        df = df.reset_index(drop=True)
     return df
 
 
 def truncate_metrics_after(run_dir: str | Path, step: int) -> None:
-    """Keep only metric lines with ``step <= step`` (atomically): resume must not duplicate steps."""
+    """Keep only metric lines with ``step <= step`` (atomically): resume must not duplicate steps.
+
+    ``step=-1`` empties the file (a run restarting from nothing re-logs its step 0 too).
+    """
     path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
+    if not path.is_file():
         return
-    kept = [to_json(rec, indent=None) for rec, _ in iter_metric_records(run_dir) if rec.get("step", -1) <= step]
+    kept = [to_json(rec, indent=None) for rec, _ in iter_metric_records(run_dir)
+            if isinstance(rec.get("step"), int) and rec["step"] <= step]
     atomic_write_bytes(path, ("".join(line + "\n" for line in kept)).encode())
 
 
-# ----------------------------------------------------------------------------- token records
+# The token files and the run index live in their own modules; ``runs.read_tokens`` etc. keep working.
+_TOKEN_NAMES = ('token_file', 'write_token_records', 'token_steps', 'token_file_problem', 'token_schema_columns', 'read_tokens')
+_INDEX_NAMES = ('RunSummary', 'summarize_run', 'check_run_files', 'list_runs', 'validate_run_dir')
 
 
-def token_file(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / TOKENS_DIR / f"step_{int(step):06d}.parquet"
+def __getattr__(name: str) -> Any:
+    if name in _TOKEN_NAMES:
+        from opd_core import run_tokens
 
+        return getattr(run_tokens, name)
+    if name in _INDEX_NAMES:
+        from opd_core import run_index
 
-def write_token_records(run_dir: str | Path, step: int, records: pd.DataFrame | pa.Table) -> Path:
-    """Write one logged step's per-token records as Parquet, atomically (temp file + rename)."""
-    table = records if isinstance(records, pa.Table) else pa.Table.from_pandas(records, preserve_index=False)
-    path = token_file(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def token_steps(run_dir: str | Path) -> list[int]:
-    """The steps that have per-token records, ascending."""
-    tdir = Path(run_dir) / TOKENS_DIR
-    if not tdir.is_dir():
-        return []
-    steps = []
-    for entry in tdir.iterdir():
-        m = _TOKEN_FILE_PATTERN.match(entry.name)
-        if m:
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def token_schema_columns(run_dir: str | Path) -> list[str]:
-    """Column names present in the run's token files (read from the first file's schema only)."""
-    steps = token_steps(run_dir)
-    if not steps:
-        return []
-    return list(pq.read_schema(token_file(run_dir, steps[0])).names)
-
-
-def read_tokens(
-    run_dir: str | Path,
-    steps: Iterable[int] | None = None,
-    columns: Sequence[str] | None = None,
-    filters: list | None = None,
-) -> pd.DataFrame:
-    """Per-token records of the given steps (all by default), reading only the requested columns.
-
-    Unknown columns are ignored rather than raising, so a page asking for an optional column still
-    works on a run written by an older engine or another trainer.
-    """
-    available = token_steps(run_dir)
-    wanted = available if steps is None else [s for s in steps if s in set(available)]
-    if not wanted:
-        return pd.DataFrame(columns=list(columns) if columns else list(TOKEN_COLUMNS))
-    files = [str(token_file(run_dir, s)) for s in wanted]
-    cols = None
-    if columns is not None:
-        present = set(pq.read_schema(files[0]).names)
-        cols = [c for c in columns if c in present]
-    import pyarrow.dataset as ds
-
-    dataset = ds.dataset(files, format="parquet")
-    table = dataset.to_table(columns=cols, filter=_to_expression(filters) if filters else None)
-    return table.to_pandas()
-
-
-def _to_expression(filters: list) -> Any:
-    """[(column, op, value), ...] -> a pyarrow dataset expression (AND of all)."""
-    import pyarrow.compute as pc
-
-    ops = {"==": lambda f, v: f == v, "!=": lambda f, v: f != v, "<": lambda f, v: f < v,
-           "<=": lambda f, v: f <= v, ">": lambda f, v: f > v, ">=": lambda f, v: f >= v,
-           "in": lambda f, v: f.isin(list(v))}
-    expr = None
-    for col, op, value in filters:
-        if op not in ops:
-            raise ValueError(f"filter operator {op!r} is not supported; use one of {', '.join(ops)}")
-        term = ops[op](pc.field(col), value)
-        expr = term if expr is None else expr & term
-    return expr
-
-
-# ----------------------------------------------------------------------------- listing and validation
-
-
-@dataclass
-class RunSummary:
-    """What the run list shows for one run directory."""
-
-    run_id: str
-    path: Path
-    state: str
-    step: int | None
-    total_steps: int | None
-    objective: str | None
-    student: str | None
-    teacher: str | None
-    started_at: float | None
-    updated_at: float | None
-    error: str | None
-    parent: str | None = None
-    fork_step: int | None = None
-    stale: bool = False
-    config: dict = field(default_factory=dict)
-
-
-def summarize_run(run_dir: str | Path) -> RunSummary:
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    config = read_config(run_dir)
-    objective = config.get("objective")
-    if isinstance(objective, dict):
-        objective = objective.get("name")
-    return RunSummary(
-        run_id=run_dir.name,
-        path=run_dir,
-        state=status.get("state", "queued"),
-        step=status.get("step"),
-        total_steps=status.get("total_steps") or config.get("steps"),
-        objective=objective,
-        student=config.get("student"),
-        teacher=config.get("teacher"),
-        started_at=status.get("started_at"),
-        updated_at=status.get("updated_at"),
-        error=status.get("error"),
-        parent=status.get("parent") or config.get("parent_run"),
-        fork_step=status.get("fork_step") or config.get("fork_step"),
-        stale=bool(status.get("stale")),
-        config=config,
-    )
-
-
-def list_runs(*runs_dirs: str | Path) -> list[RunSummary]:
-    """Every run directory directly under the given folders, newest first; missing folders are skipped."""
-    found: dict[Path, RunSummary] = {}
-    for base in runs_dirs:
-        base = Path(base)
-        if not base.is_dir():
-            continue
-        for entry in base.iterdir():
-            if entry.is_dir() and RUN_ID_PATTERN.match(entry.name) and is_run_dir(entry):
-                found[entry.resolve()] = summarize_run(entry)
-    return sorted(found.values(), key=lambda r: (r.started_at or 0, r.run_id), reverse=True)
-
-
-def validate_run_dir(run_dir: str | Path) -> list[str]:
-    """Problems that break the run-directory contract (empty list = valid). Used by tests and the SDK."""
-    run_dir = Path(run_dir)
-    problems: list[str] = []
-    if not RUN_ID_PATTERN.match(run_dir.name):
-        problems.append(f"directory name {run_dir.name!r} is not a valid run id")
-    config = read_json(run_dir / CONFIG_FILE, default=None)
-    if not isinstance(config, dict):
-        problems.append("config.json is missing or not a JSON object")
-    status = read_json(run_dir / STATUS_FILE, default=None)
-    if not isinstance(status, dict):
-        problems.append("status.json is missing or not a JSON object")
-    else:
-        if status.get("state") not in STATES:
-            problems.append(f"status.json state {status.get('state')!r} is not one of {STATES}")
-        for key in ("step", "total_steps"):
-            if key not in status:
-                problems.append(f"status.json lacks {key!r}")
-    metrics = read_metrics(run_dir)
-    if metrics.empty or "step" not in metrics:
-        problems.append("metrics.jsonl is missing or has no step records")
-    else:
-        raw_steps = [rec.get("step") for rec, _ in iter_metric_records(run_dir)]
-        if len(raw_steps) != len(set(raw_steps)):
-            problems.append("metrics.jsonl has duplicated steps")
-        for col in ("step", "time_s", "loss", "grad_norm", "lr", "tokens"):
-            if col not in metrics:
-                problems.append(f"metrics.jsonl lacks {col!r}")
-    steps = token_steps(run_dir)
-    if not steps:
-        problems.append("tokens/ has no step_NNNNNN.parquet files")
-    else:
-        names = set(pq.read_schema(token_file(run_dir, steps[0])).names)
-        missing = [c for c in TOKEN_COLUMNS if c not in names]
-        if missing:
-            problems.append(f"token records lack columns {missing}")
-    return problems
+        return getattr(run_index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

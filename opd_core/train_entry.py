@@ -10,7 +10,6 @@ They never start other runs: the queue is pumped by whoever launches, or by the 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from opd_core import checkpoints, runs
+from opd_core import checkpoints, process_identity, runs
 from opd_core.config import ConfigError, RunConfig, from_dict, load_config
 from opd_core.distributed import DistInfo, broadcast_object, init_from_env, shutdown
 from opd_core.train import NonFiniteError, Trainer
@@ -142,5 +141,5 @@ def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistI
         run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
         runs.write_config(run_dir, cfg.to_dict())
         runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time(),
-                          pid=os.getpid())
+                          **process_identity.identity())
     return Path(broadcast_object(str(run_dir) if run_dir else None, dist)), False

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from corrupt_runs import make_corrupt_runs, make_valid_run
+    from tests.corrupt_runs import CASES, describe, make_corrupt_runs, make_valid_run
 
     dirs = make_corrupt_runs(tmp_path)          # >= 50 damaged run dirs under tmp_path / "runs"
     for run_dir in dirs:

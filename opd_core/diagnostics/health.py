@@ -83,10 +83,12 @@ class HealthReport:
     findings: list[Finding]
     skipped: list[str] = field(default_factory=list)
     objective: str | None = None
+    problems: list[str] = field(default_factory=list)  # damaged files of the run, each named
 
     def to_dict(self) -> dict:
         return {"run_dir": str(self.run_dir), "objective": self.objective,
-                "findings": [f.to_dict() for f in self.findings], "skipped": list(self.skipped)}
+                "findings": [f.to_dict() for f in self.findings], "skipped": list(self.skipped),
+                "problems": list(self.problems)}
 
     def modes(self) -> set[str]:
         """The failure modes flagged (for tests and quick checks)."""
@@ -364,30 +366,45 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
     if not runs.is_run_dir(run_dir):
         raise DiagnosticsError(f"{run_dir} is not a run directory (no config.json or status.json); "
                                "pass the folder `opd-lab train` printed")
-    config = runs.read_config(run_dir)
+    problems: list[str] = []
+    config = runs.read_config(run_dir, problems)
     objective = _objective_name(config)
     findings: list[Finding] = []
     skipped: list[str] = []
-    tokens = read_run_tokens(run_dir, _token_columns(run_dir), max_token_steps)
+    tokens = read_run_tokens(run_dir, _token_columns(run_dir), max_token_steps, problems=problems)
     if tokens.empty:
-        skipped.append("imbalance, drift, mismatch, collapse: no token records in tokens/ "
+        skipped.append("imbalance, drift, mismatch, collapse: no token records in tokens/ that can be read "
                        "(set log_tokens_every to log them)")
     else:
         alignment = mismatch.load_alignment(run_dir)
         if alignment is None:
-            skipped.append("alignment.json absent: mismatch judged from the token signal only")
-        findings += check_imbalance(tokens, objective, thresholds)
-        findings += check_drift(tokens, thresholds)
-        findings += check_mismatch(tokens, alignment, config, thresholds)
-        findings += check_collapse(tokens, config, thresholds)
-    metrics = runs.read_metrics(run_dir)
+            damage: list[str] = []
+            runs.read_json_object(run_dir, mismatch.ALIGNMENT_FILE, damage)
+            problems += damage
+            skipped.append(f"{damage[0]}: mismatch judged from the token signal only" if damage else
+                           "alignment.json absent: mismatch judged from the token signal only")
+        findings += _guarded("imbalance", skipped, lambda: check_imbalance(tokens, objective, thresholds))
+        findings += _guarded("drift", skipped, lambda: check_drift(tokens, thresholds))
+        findings += _guarded("mismatch", skipped, lambda: check_mismatch(tokens, alignment, config, thresholds))
+        findings += _guarded("collapse", skipped, lambda: check_collapse(tokens, config, thresholds))
+    metrics = runs.read_metrics(run_dir, problems)
     if len(metrics) == 0:
-        skipped.append("training checks: metrics.jsonl has no records")
+        skipped.append("training checks: metrics.jsonl has no records that can be read")
     else:
-        findings += check_training(run_dir, metrics, config, thresholds)
+        findings += _guarded("training", skipped, lambda: check_training(run_dir, metrics, config, thresholds))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order.get(f.severity, len(order)))
-    return HealthReport(run_dir=run_dir, findings=findings, skipped=skipped, objective=objective)
+    return HealthReport(run_dir=run_dir, findings=findings, skipped=skipped, objective=objective,
+                        problems=list(dict.fromkeys(problems)))
+
+
+def _guarded(check: str, skipped: list[str], run: Any) -> list[Finding]:
+    """One check's findings; a check the run's (damaged or foreign) records break is skipped, named."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - one check failing must not take the report down
+        skipped.append(f"{check} checks could not run on this run's records ({type(exc).__name__}: {exc})")
+        return []
 
 
 def _format_value(value: Any) -> str:
@@ -410,4 +427,7 @@ def format_report(report: HealthReport) -> str:
     if report.skipped:
         lines.append("")
         lines.extend(f"(skipped) {note}" for note in report.skipped)
+    if report.problems:
+        lines.append("")
+        lines.extend(f"(damaged) {problem}" for problem in report.problems)
     return "\n".join(lines)

@@ -91,12 +91,16 @@ def pick_steps(steps: Sequence[int], max_steps: int | None) -> list[int]:
     return [steps[i] for i in idx]
 
 
-def read_run_tokens(run_dir: str | Path, columns: Sequence[str], max_steps: int | None = None) -> pd.DataFrame:
-    """Token records of a run, only ``columns`` (missing ones skipped) and at most ``max_steps`` steps."""
+def read_run_tokens(run_dir: str | Path, columns: Sequence[str], max_steps: int | None = None,
+                    problems: list[str] | None = None) -> pd.DataFrame:
+    """Token records of a run, only ``columns`` (missing ones skipped) and at most ``max_steps`` steps.
+
+    Damaged token files are skipped and named in ``problems`` (see :func:`opd_core.runs.read_tokens`).
+    """
     chosen = pick_steps(runs.token_steps(run_dir), max_steps)
     if not chosen:
         return pd.DataFrame(columns=list(columns))
-    return runs.read_tokens(run_dir, steps=chosen, columns=list(columns))
+    return runs.read_tokens(run_dir, steps=chosen, columns=list(columns), problems=problems)
 
 
 def narrow(tokens: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
