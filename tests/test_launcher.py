@@ -313,9 +313,9 @@ def test_a_child_that_crashes_at_start_up_reports_its_last_output_line(
 
 def test_runs_are_found_again_by_a_fresh_process_after_a_restart(tmp_path: Path, model_dir: Path,
                                                                  fake_trainer, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_STEP_S", "0.3")
+    monkeypatch.setenv("FAKE_STEP_S", "1.0")  # still running after a slow `runs list` on a loaded machine
     runs_dir = tmp_path / "runs"
-    run_dir = launcher.launch(_config(model_dir, steps=20), runs_dir)
+    run_dir = launcher.launch(_config(model_dir, steps=60), runs_dir)
     launcher._children.clear()  # forget our children, as a restarted dashboard would
     out = subprocess.run([sys.executable, "-m", "opd_core", "runs", "list", "--runs-dir", str(runs_dir),
                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=120,
