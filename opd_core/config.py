@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 GROUPS = ("Models", "Task", "Objective", "Rollouts", "Optimisation", "Masking", "Logging")
-OBJECTIVE_PARAM_NAMES = ("gamma", "beta", "alpha", "k", "renormalize", "support", "tail_bucket")
+OBJECTIVE_PARAM_NAMES = ("gamma", "beta", "alpha", "k", "renormalize", "support", "tail_bucket", "clip_log_ratio",
+                         "mask_mode")
 
 
 class ConfigError(ValueError):
@@ -59,12 +60,27 @@ class RunConfig:
                    "{\"prompt\": ..., \"answer\": optional} objects, one per line.")
     # Objective
     objective: str = _f("sampled_token", "Objective", "The distillation objective (see docs/objectives.md): "
-                        "sampled_token, reverse_kl, forward_kl, jsd, kl_mix, topk_support.")
-    objective_params: dict = _f({}, "Objective", "Parameters of the objective: gamma (sampled_token), beta (jsd), "
-                                "alpha (kl_mix), k, renormalize, support, tail_bucket (topk_support). "
+                        "sampled_token, reverse_kl, forward_kl, jsd, kl_mix, topk_support, topk_head_tail.")
+    objective_params: dict = _f({}, "Objective", "Parameters of the objective: gamma, clip_log_ratio, mask_mode "
+                                "(sampled_token), beta (jsd), alpha (kl_mix), k, renormalize, support, tail_bucket, "
+                                "clip_log_ratio (topk_support), k, support (topk_head_tail). "
                                 "Set them as `--set k=16` or in an [objective_params] table.")
     lmbda: float = _f(1.0, "Objective", "Probability that a step trains on student-generated prefixes (on-policy); "
                       "otherwise the teacher generates them (GKD's lambda). 1.0 = pure on-policy.", lo=0.0, hi=1.0)
+    # Objective: the seed recipe's knobs and the conventions against the peers, applied by the loop to every
+    # objective (docs/objectives.md, "Conventions against the peers"); validated by _check_seed_recipe_field.
+    entropy_top_ratio: float = _f(1.0, "Objective", "Train only on each response's top fraction of highest "
+                                  "student-entropy tokens (the seed recipe uses 0.2); the others are masked "
+                                  "with reason `entropy_gate`. 1.0 = off.", lo=0.0, lo_open=True, hi=1.0,
+                                  check="finite")
+    score_temperature: float | str = _f(1.0, "Objective", "Temperature both models' logits are divided by before "
+                                        "the objective and the per-token statistics: a number > 0, or `rollout` "
+                                        "= the rollout temperature (verl's convention; 1.0 for greedy rollouts). "
+                                        "1.0 = the models' own distributions.", check="temperature")
+    loss_reduction: str = _f("token_mean", "Objective", "`token_mean`: the sum over supervised tokens divided by "
+                             "their global count (every token weighs the same); `sequence_mean`: the mean of "
+                             "each response's token mean (every response weighs the same; the seed code's).",
+                             choices=("token_mean", "sequence_mean"))
     # Rollouts
     temperature: float = _f(1.0, "Rollouts", "Sampling temperature of rollouts; 0 = greedy decoding.", lo=0.0,
                             hi=10.0)
@@ -118,6 +134,13 @@ class RunConfig:
     def batch_size(self) -> int:
         return self.prompts_per_step * self.num_rollouts
 
+    @property
+    def score_temperature_value(self) -> float:
+        """The number ``score_temperature`` stands for (``rollout``: the rollout temperature, 1.0 if greedy)."""
+        if self.score_temperature == "rollout":
+            return self.temperature if self.temperature > 0 else 1.0
+        return float(self.score_temperature)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -135,7 +158,8 @@ def field_docs() -> list[dict]:
     for f in fields(RunConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         out.append({"name": f.name, "group": f.metadata["group"], "help": f.metadata["help"], "default": default,
-                    "type": hints[f.name], **{k: v for k, v in f.metadata.items() if k not in ("group", "help")}})
+                    "type": hints[f.name],
+                    **{k: v for k, v in f.metadata.items() if k not in ("group", "help", "check")}})
     return out
 
 
@@ -209,6 +233,26 @@ def _check_range(name: str, value: Any, meta: dict) -> None:
         raise ConfigError(f"config field '{name}': {value!r} is out of range; allowed: {name} <= {hi}")
 
 
+def _check_seed_recipe_field(name: str, value: Any, kind: str) -> Any:
+    """The checks of entropy_top_ratio (a finite number) and score_temperature (a finite number > 0 or
+    ``rollout``), whose values the generic coercion and range check cannot judge alone."""
+    import math
+
+    if kind == "temperature":
+        if isinstance(value, str) and value.strip().lower() == "rollout":
+            return "rollout"
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"config field '{name}': {value!r} is not allowed; give a finite number > 0 "
+                              "(1.0 = the models' own distributions) or `rollout`")
+        return float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"config field '{name}': {value!r} is not a finite number")
+    return value
+
+
 def _check_model_ref(name: str, value: str) -> None:
     if value.startswith("toy:"):
         from opd_core.toy.presets import PRESETS
@@ -265,6 +309,8 @@ def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
     values: dict[str, Any] = {}
     for name, value in data.items():
         values[name] = _coerce(name, value, hints[name])
+        if "check" in FIELDS[name].metadata:
+            values[name] = _check_seed_recipe_field(name, values[name], FIELDS[name].metadata["check"])
         _check_range(name, values[name], FIELDS[name].metadata)
     objective = values.get("objective", FIELDS["objective"].default)
     values["objective_params"] = _validate_objective(objective, params)

@@ -270,3 +270,17 @@ def test_seed_floor_matches_ours_where_the_product_is_an_exact_integer():
     assert math.floor(n * ratio) == 3
     entropy = torch.arange(n, dtype=torch.float64)[None]
     assert int(entropy_gate(entropy, torch.ones(1, n, dtype=torch.bool), ratio).sum()) == 3
+
+
+def test_peer_parity_table_reproduces_every_peer_where_it_says_so():
+    """benchmarks/peer_parity.py's rows: each reproducing setting within 1e-5 (TRL's kernel sums in float32),
+    each row that shows a difference on purpose really shows one."""
+    from benchmarks.peer_parity import measure
+
+    rows = [r for r in measure() if not math.isnan(r["max_abs_diff"])]
+    assert len(rows) > 30
+    for r in rows:
+        if r["reproduces"]:
+            assert r["max_abs_diff"] <= 1e-5, r
+        else:
+            assert r["max_abs_diff"] > 1e-3, r
