@@ -44,14 +44,9 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from opd_core import runs
-from opd_core.diagnostics.imbalance import gini, top_share
-from opd_core.objectives.chunked import token_logprob_stats
-from opd_core.token_records import drift_measures
-
-# Metric keys every metrics.jsonl line carries (null when the trainer did not report them), so the
-# run passes runs.validate_run_dir and the dashboard's charts find their columns.
-REQUIRED_METRICS: tuple[str, ...] = ("step", "time_s", "loss", "grad_norm", "lr", "tokens")
+from opd_core import runs, stats
+from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table
+from opd_core.schema import REQUIRED_METRICS  # noqa: F401 - re-exported: the keys every metrics line carries
 
 STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often on steps without token records
 
@@ -110,41 +105,22 @@ def token_stats_from_logits(
     ``student_logits`` / ``teacher_logits`` are [B,T,V], already aligned so that position t predicts
     ``token_ids[:, t]`` (i.e. shifted by one from a causal LM's output). Returns student/teacher
     log-probs, entropies and top-K, the exact teacher rank of the sampled token, and the student's
-    probability mass inside the teacher's top-K. Runs chunk by chunk without a graph.
+    probability mass inside the teacher's top-K (all from ``stats.dense_token_stats``).
     """
+    rec = _dense(student_logits, teacher_logits, token_ids, top_k)
+    names = ("student_logp", "teacher_logp", "student_entropy", "teacher_entropy", "teacher_topk_ids",
+             "teacher_topk_logps", "student_topk_ids", "student_topk_logps", "teacher_rank", "student_support_mass")
+    return {name: getattr(rec, name) for name in names}
+
+
+def _dense(student_logits: Tensor, teacher_logits: Tensor, token_ids: Tensor, top_k: int, **kw: Any
+           ) -> stats.TokenStats:
     if student_logits.shape != teacher_logits.shape:
         raise OPDLoggerError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} "
             "must have the same [B, T, V] shape; map the teacher to the student's vocabulary first"
         )
-    s = token_logprob_stats(student_logits, token_ids, top_k)
-    t = token_logprob_stats(teacher_logits, token_ids, top_k)
-    # Student mass inside the teacher's top-K: gather only K logits per token, normalise by the full lse.
-    s_lse = torch.logsumexp(student_logits.float(), dim=-1, keepdim=True)
-    s_at_t = student_logits.gather(-1, t["topk_ids"]).float() - s_lse
-    return {
-        "student_logp": s["logp"], "teacher_logp": t["logp"],
-        "student_entropy": s["entropy"], "teacher_entropy": t["entropy"],
-        "teacher_topk_ids": t["topk_ids"], "teacher_topk_logps": t["topk_logps"],
-        "student_topk_ids": s["topk_ids"], "student_topk_logps": s["topk_logps"],
-        "teacher_rank": t["rank"], "student_support_mass": s_at_t.exp().sum(-1),
-    }
-
-
-def _in_nucleus(token_ids: np.ndarray, topk_ids: np.ndarray, topk_logps: np.ndarray, top_p: float) -> np.ndarray:
-    """Whether each token lies in a top-p nucleus, judged from that model's top-K (True when it cannot tell).
-
-    A token is inside when the probability of the tokens ranked strictly above it is below ``top_p``.
-    """
-    if top_p >= 1.0 or topk_ids.shape[-1] == 0:
-        return np.ones(token_ids.shape, dtype=bool)
-    probs = np.exp(topk_logps.astype(np.float64))
-    mass_before = np.cumsum(probs, axis=-1) - probs  # [..., K]: mass ranked above each top-K slot
-    hit = topk_ids == token_ids[..., None]
-    found = hit.any(-1)
-    before_hit = np.where(found, (mass_before * hit).sum(-1), probs.sum(-1))
-    # Outside the top-K: all K listed tokens rank above it; inside only if their mass is < top_p.
-    return before_hit < top_p
+    return stats.dense_token_stats(student_logits, teacher_logits, token_ids, support_k=top_k, log_top_k=top_k, **kw)
 
 
 class _Writer(threading.Thread):
@@ -193,116 +169,37 @@ class _Writer(threading.Thread):
 
 
 def _build_table(step: int, p: dict) -> tuple[pa.Table, dict]:
-    """The contract's columns for the real tokens of one logged step, and the step's token summaries."""
-    real = p["mask"].astype(bool)
-    s_lp, t_lp = p["student_logp"].astype(np.float32), p["teacher_logp"].astype(np.float32)
-    ids = p["token_ids"].astype(np.int64)
-    B, T = ids.shape
-    has_t_topk = p["teacher_topk_ids"] is not None
-    k_t = p["teacher_topk_ids"].shape[-1] if has_t_topk else 0
-    if has_t_topk:
-        t_nucleus = _in_nucleus(ids, p["teacher_topk_ids"], p["teacher_topk_logps"], p["nucleus_top_p"])
-    else:
-        t_nucleus = np.ones((B, T), dtype=bool)
-    drift, since = drift_measures(s_lp, t_lp, t_nucleus, real)
-    b, t = np.nonzero(real)
-    n = len(b)
-    log_ratio = (t_lp - s_lp)[b, t]
-
-    def col(name: str, dtype: Any = np.float32, fill: Any = np.nan) -> np.ndarray:
-        value = p.get(name)
-        return np.full(n, fill, dtype=dtype) if value is None else value[b, t].astype(dtype)
-
-    signal = log_ratio if p.get("signal") is None else col("signal")
-    if p.get("token_loss") is not None:
-        token_loss = col("token_loss")
-    elif p.get("signal") is None:
-        token_loss = (-log_ratio * s_lp[b, t]).astype(np.float32)
-    else:
-        token_loss = np.full(n, np.nan, dtype=np.float32)
-    loss_mask = real if p.get("loss_mask") is None else p["loss_mask"].astype(bool)
-    token_ids = ids[b, t]
-    special, eos = p["special_ids"], p["eos_ids"]
-    out: dict[str, Any] = {
-        "step": np.full(n, step, dtype=np.int64), "sample": (b + p["sample_offset"]).astype(np.int64),
-        "pos": t.astype(np.int64), "token_id": token_ids,
-        "token": [p["id_to_string"].get(int(i), str(int(i))) for i in token_ids],
-        "is_special": np.isin(token_ids, special), "is_eos": np.isin(token_ids, eos),
-        "masked": ~loss_mask[b, t],
-        "prefix_source": np.asarray(p["prefix_source"], dtype=object)[b],
-        "reference_only": np.zeros(n, dtype=bool) if p.get("reference_only") is None
-        else np.asarray(p["reference_only"], dtype=bool)[b],
-        "student_logp": s_lp[b, t], "teacher_logp": t_lp[b, t], "log_ratio": log_ratio.astype(np.float32),
-        "student_entropy": col("student_entropy"), "teacher_entropy": col("teacher_entropy"),
-        "signal": signal.astype(np.float32), "token_loss": token_loss, "drift": drift[b, t],
-    }
-    if has_t_topk:
-        t_ids, t_lps = p["teacher_topk_ids"][b, t].astype(np.int64), p["teacher_topk_logps"][b, t].astype(np.float32)
-        hit = t_ids == token_ids[:, None]
-        out["teacher_top1_prob"] = np.exp(t_lps[:, 0]) if k_t else np.full(n, np.nan, np.float32)
-        out["in_teacher_topk"] = hit.any(-1)
-        rank = np.where(hit.any(-1), hit.argmax(-1) + 1, k_t + 1)
-        out["teacher_rank"] = pa.array(col("teacher_rank", np.int64, 0) if p.get("teacher_rank") is not None
-                                       else rank.astype(np.int64), type=pa.int64())
-        out["in_teacher_nucleus"] = t_nucleus[b, t]
-        out["tokens_since_off_support"] = since[b, t]
-    else:
-        out["teacher_top1_prob"] = np.full(n, np.nan, np.float32)
-        out["in_teacher_topk"] = pa.nulls(n, type=pa.bool_())
-        out["teacher_rank"] = (pa.array(col("teacher_rank", np.int64, 0), type=pa.int64())
-                               if p.get("teacher_rank") is not None else pa.nulls(n, type=pa.int64()))
-    if p["student_topk_ids"] is not None:
-        in_topp = _in_nucleus(ids, p["student_topk_ids"], p["student_topk_logps"], p["rollout_top_p"])[b, t]
-    else:
-        in_topp = np.ones(n, dtype=bool)
-    out["in_student_topp"] = in_topp
-    for side in ("teacher", "student"):
-        tk_ids, tk_lps = p[f"{side}_topk_ids"], p[f"{side}_topk_logps"]
-        if tk_ids is None:
-            out[f"{side}_topk_ids"] = pa.array([[]] * n, type=pa.list_(pa.int64()))
-            out[f"{side}_topk_logps"] = pa.array([[]] * n, type=pa.list_(pa.float32()))
-        else:
-            k = tk_ids.shape[-1]
-            out[f"{side}_topk_ids"] = pa.FixedSizeListArray.from_arrays(
-                tk_ids[b, t].astype(np.int64).ravel(), k).cast(pa.list_(pa.int64()))
-            out[f"{side}_topk_logps"] = pa.FixedSizeListArray.from_arrays(
-                tk_lps[b, t].astype(np.float32).ravel(), k).cast(pa.list_(pa.float32()))
-    if p.get("student_support_mass") is not None:
-        out["student_support_mass"] = col("student_support_mass")
-    if has_t_topk and p["student_topk_ids"] is not None and k_t:
-        s_ids = p["student_topk_ids"][b, t]
-        overlap = (t_ids[:, :, None] == s_ids[:, None, :]).any(-1).sum(-1)
-        out["topk_overlap"] = (overlap / k_t).astype(np.float32)
-    for name in ("prompt", "response_text"):
-        if p.get(name) is not None:
-            out[name] = np.asarray(p[name], dtype=object)[b]
-    for name, dtype in (("correct", bool), ("reward", np.float32), ("format_ok", bool)):
-        if p.get(name) is not None:
-            out[name] = np.asarray(p[name], dtype=dtype)[b]
-    out["response_len"] = real.sum(1)[b].astype(np.int64)
-    table = pa.table(out)
-    return table, _summary(out, loss_mask[b, t], real)
+    """The contract's table of one logged step and the step's token summaries (on the writer thread)."""
+    t = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in p["tensors"].items()}
+    record = p["record"] if p["record"] is not None else stats.sparse_token_stats(
+        t["token_ids"], t["student_logp"], t["teacher_logp"], rollout_top_p=p["rollout_top_p"],
+        nucleus_p=p["nucleus_top_p"], **{k: t.get(k) for k in _SPARSE_INPUTS})
+    ids, real = t["token_ids"].long(), t["mask"].bool()
+    trained = real if t.get("loss_mask") is None else real & t["loss_mask"].bool()
+    special = torch.isin(ids, torch.from_numpy(p["special_ids"]))
+    eos = torch.isin(ids, torch.from_numpy(p["eos_ids"]))
+    sources = p["prefix_source"]
+    rows = TokenRows(token_ids=ids, real=real, special=special, eos=eos,
+                     masks={} if t.get("loss_mask") is None else {"loss_mask": real & ~trained},
+                     prefix_source=sources, reference_only=p.get("reference_only") or False,
+                     samples=_samples(p, ids.shape[0]), id_to_string=p["id_to_string"],
+                     topk_strings=bool(p["id_to_string"]))
+    table = token_table(step, record, rows)
+    summary = stats.step_metrics(record, trained=trained, real=real, special=special, eos=eos, prefix_source=sources)
+    summary["logged_tokens"] = int(trained.sum())
+    return table, summary
 
 
-def _summary(out: dict, trained: np.ndarray, real: np.ndarray) -> dict:
-    """Per-step metrics the dashboard charts, computed from the logged responses (named as such)."""
-    sig = np.abs(out["signal"][trained].astype(np.float64))
-    sig = sig[np.isfinite(sig)]
-    special_sig = np.abs(out["signal"][trained & out["is_special"]].astype(np.float64))
-    total = sig.sum()
-    rows = trained & (out["prefix_source"] == "student")
-    ratio = (out["student_logp"] - out["teacher_logp"])[trained]
-    te = out["teacher_entropy"][rows]
-    return {
-        "response_len": float(real.sum(1).mean()) if real.size else None,
-        "signal_gini": gini(sig) if sig.size else None,
-        "signal_top1pct_share": top_share(sig, 0.01) if sig.size else None,
-        "special_token_signal_share": float(np.nansum(special_sig) / total) if total > 0 else None,
-        "teacher_entropy_student_prefix": float(np.nanmean(te)) if te.size and np.isfinite(te).any() else None,
-        # k1 estimate of the per-token reverse KL on the sampled tokens (unbiased, noisy).
-        "reverse_kl_sampled": float(ratio.mean()) if ratio.size else None,
-        "logged_tokens": int(trained.sum()),
-    }
+_SPARSE_INPUTS = ("student_entropy", "teacher_entropy", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
+                  "student_topk_logps", "teacher_rank", "student_support_mass", "signal", "token_loss")
+
+
+def _samples(p: dict, rows: int) -> list[SampleInfo] | None:
+    """Per-response facts the trainer passed (prompt, decoded response, correctness, reward)."""
+    facts = {name: p.get(name) for name in ("prompt", "response_text", "correct", "reward")}
+    if all(v is None for v in facts.values()):
+        return None
+    return [SampleInfo(**{name: (None if v is None else v[i]) for name, v in facts.items()}) for i in range(rows)]
 
 
 class OPDLogger:
@@ -481,21 +378,34 @@ class OPDLogger:
             if (a is None) != (b is None) or (a is not None and tuple(a.shape) != tuple(b.shape)):
                 raise OPDLoggerError(f"pass {side}_topk_ids and {side}_topk_logps together, with equal shapes [B, T, K]")
         full_mask = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
-        tokens_in_batch = int(full_mask.bool().sum())
         m = min(self.max_samples, shape[0])
-        payload: dict[str, Any] = {k: _host(v, m) for k, v in named.items()}
-        payload["token_ids"] = _host(ids_full, m)
-        payload["mask"] = payload["mask"].astype(bool)
+        tensors: dict[str, Any] = {k: _host(v, m) for k, v in named.items()}
+        tensors["token_ids"] = _host(ids_full, m)
+        self._queue(step, tensors, None, int(full_mask.bool().sum()), prompts=prompts, prefix_source=prefix_source,
+                    reference_only=reference_only, correct=correct, reward=reward)
+        return True
+
+    def _queue(self, step: int, tensors: dict[str, Any], record: stats.TokenStats | None, tokens_in_batch: int, *,
+               prompts: Sequence[str] | None, prefix_source: str | Sequence[str], reference_only: Sequence[bool] | None,
+               correct: Sequence[bool] | None, reward: Sequence[float] | None) -> None:
+        """Hand one logged step (host copies of its first rows) to the writer thread."""
+        tensors["mask"] = tensors["mask"].astype(bool)
+        m = tensors["token_ids"].shape[0]
         sources = [prefix_source] * m if isinstance(prefix_source, str) else list(prefix_source)[:m]
         bad = sorted({s for s in sources if s not in ("student", "teacher")})
         if bad or len(sources) != m:
             raise OPDLoggerError(f"prefix_source must be 'student' or 'teacher' (or one per response), got {bad or sources}")
-        payload.update(
-            prefix_source=sources, sample_offset=0, special_ids=self._special, eos_ids=self._eos,
+        seen = [tensors["token_ids"][tensors["mask"]]]
+        for side in ("teacher", "student"):
+            topk = tensors.get(f"{side}_topk_ids") if record is None else getattr(record, f"{side}_topk_ids")
+            if topk is not None:
+                seen.append(np.asarray(topk).reshape(-1))
+        payload: dict[str, Any] = dict(
+            tensors=tensors, record=record, prefix_source=sources, special_ids=self._special, eos_ids=self._eos,
             nucleus_top_p=self.nucleus_top_p, rollout_top_p=self.rollout_top_p,
-            id_to_string=self._strings(payload["token_ids"][payload["mask"]]),  # a snapshot: the worker reads it
+            id_to_string=self._strings(np.concatenate(seen)),  # a snapshot: the worker reads it
             prompt=None if prompts is None else [str(x) for x in list(prompts)[:m]],
-            response_text=self._responses(payload["token_ids"], payload["mask"]),
+            response_text=self._responses(tensors["token_ids"], tensors["mask"]),
             reference_only=None if reference_only is None else list(reference_only)[:m],
             correct=None if correct is None else list(correct)[:m],
             reward=None if reward is None else list(reward)[:m],
@@ -503,7 +413,6 @@ class OPDLogger:
         self._last_token_step = step
         self._merge(step, {"tokens": tokens_in_batch}, default=True)
         self._put(("tokens", step, payload))
-        return True
 
     def log_logits(
         self,
@@ -518,32 +427,44 @@ class OPDLogger:
         objective_params: Mapping[str, Any] | None = None,
         signal: Tensor | None = None,
         token_loss: Tensor | None = None,
-        **kwargs: Any,
+        prompts: Sequence[str] | None = None,
+        prefix_source: str | Sequence[str] = "student",
+        reference_only: Sequence[bool] | None = None,
+        correct: Sequence[bool] | None = None,
+        reward: Sequence[float] | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ) -> bool:
         """:meth:`log_step` from both models' [B,T,V] logits (aligned to ``token_ids``), derived on logged steps only.
 
-        With ``objective`` (a registered name, e.g. ``"jsd"`` with ``objective_params={"beta": 0.5}``)
-        the per-token ``signal`` and ``token_loss`` are that objective's, as the engine logs them.
+        Every statistic comes from the same fused pass the built-in loop uses (``stats.dense_token_stats``,
+        K = ``top_k``). With ``objective`` (a registered name, e.g. ``"jsd"`` with
+        ``objective_params={"beta": 0.5}``) the per-token ``signal`` and ``token_loss`` are that
+        objective's, as the engine logs them.
         """
-        if not self.should_log(step):
-            if kwargs.get("metrics") and self.enabled:
-                self.log_metrics(step, kwargs["metrics"])
+        if not self.enabled:
             return False
+        if metrics:
+            self.log_metrics(step, metrics)
+        if not self.should_log(step):
+            return False
+        self._check_step(step)
         m = min(self.max_samples, token_ids.shape[0])
         s_logits, t_logits, ids = student_logits[:m].detach(), teacher_logits[:m].detach(), token_ids[:m]
-        stats = token_stats_from_logits(s_logits, t_logits, ids, self.top_k)
+        trained = (mask[:m] if loss_mask is None else loss_mask[:m]).bool()
         if objective is not None and signal is None:
             from opd_core.objectives import per_token_loss
 
-            trained = (mask[:m] if loss_mask is None else loss_mask[:m]).bool()
             out = per_token_loss(objective, s_logits, t_logits, ids, trained, **dict(objective_params or {}))
             signal, token_loss = out.signal, out.loss.detach()
-        signal = None if signal is None else signal[:m]
-        token_loss = None if token_loss is None else token_loss[:m]
-        self._check_step(step)
-        self._merge(step, {"tokens": int(mask.bool().sum())}, default=True)  # the whole batch, not the sample
-        return self.log_step(step, token_ids=ids, mask=mask[:m], loss_mask=None if loss_mask is None else loss_mask[:m],
-                             signal=signal, token_loss=token_loss, **stats, **kwargs)
+        record = _dense(s_logits, t_logits, ids, self.top_k, aligned=torch.ones_like(ids, dtype=torch.bool),
+                        rollout_top_p=self.rollout_top_p,
+                        nucleus_p=self.nucleus_top_p, signal=None if signal is None else signal[:m],
+                        token_loss=None if token_loss is None else token_loss[:m])
+        tensors = {"token_ids": _host(ids, m), "mask": _host(mask, m),
+                   "loss_mask": None if loss_mask is None else _host(loss_mask, m)}
+        self._queue(step, tensors, record.to("cpu"), int(mask.bool().sum()), prompts=prompts,
+                    prefix_source=prefix_source, reference_only=reference_only, correct=correct, reward=reward)
+        return True
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Add per-step metrics (loss, grad_norm, lr, ...); several calls for one step merge into one line."""
@@ -614,8 +535,7 @@ class OPDLogger:
 
     def _flush_pending(self) -> None:
         step, record = self._pending
-        for key in REQUIRED_METRICS:
-            record.setdefault(key, None)
+        record = metrics_record(record)
         self._pending = None
         self._last_flushed = step
         self._put(("metrics", step, record))

@@ -1,10 +1,10 @@
-"""One forward pass of each model over prompt+response sequences, reduced to per-token statistics.
+"""One forward pass of each model over prompt+response sequences: the logits that predict each response token.
 
 Layout: every row is ``[left pad][prompt][response][right pad]`` with all prompts ending at the same
 column, so the logits that predict the response are one slice of the model output (a view, no
-copy), and ``logits_to_keep`` spares the prompt positions' logits entirely. Statistics over the
-vocabulary (log-prob of a token, entropy, top-K, rank, nucleus membership, KL) are computed in chunks
-of tokens under ``no_grad``, so no float32 [B, T, V] copy exists beyond the model's own logits.
+copy), and ``logits_to_keep`` spares the prompt positions' logits entirely. The teacher is read in
+its own tokenization and brought onto the student's positions and vocabulary (``TeacherScores``).
+Statistics over those logits live in :mod:`opd_core.stats`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from opd_core.objectives.chunked import auto_chunk_tokens, token_logprobs
+from opd_core.objectives.chunked import token_logprobs
 
 
 @dataclass
@@ -64,72 +63,6 @@ def response_logits(model: torch.nn.Module, batch: SequenceBatch, vocab_size: in
     if vocab_size is not None and logits.shape[-1] > vocab_size:
         logits = logits[..., :vocab_size]
     return logits
-
-
-@torch.no_grad()
-def nucleus_membership(logits: torch.Tensor, ids: torch.Tensor, top_p: float, temperature: float = 1.0,
-                       chunk_tokens: int = 2048) -> torch.Tensor:
-    """Whether each token lies inside the top-p nucleus of the (tempered) distribution: [B, T] bool.
-
-    A token is inside when the probability mass of tokens strictly more likely than it is below top_p,
-    which is exactly the set nucleus sampling keeps.
-    """
-    B, T, V = logits.shape
-    flat = logits.reshape(B * T, V)
-    flat_ids = ids.reshape(B * T)
-    out = torch.empty(B * T, dtype=torch.bool, device=logits.device)
-    for s in range(0, B * T, chunk_tokens):
-        p = torch.softmax(flat[s:s + chunk_tokens].float() / temperature, dim=-1)
-        py = p.gather(-1, flat_ids[s:s + chunk_tokens, None])
-        above = (p * (p > py)).sum(-1)
-        out[s:s + chunk_tokens] = above < top_p
-    return out.reshape(B, T)
-
-
-@torch.no_grad()
-def step_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ids: torch.Tensor, top_k: int = 0,
-               chunk_tokens: int | None = None) -> dict[str, torch.Tensor]:
-    """Everything a step's metrics need, in ONE chunked pass over both models' logits: [B, T] each.
-
-    ``student_logp`` (of ``ids``), ``teacher_entropy``, full-vocabulary ``reverse_kl`` KL(p_S||p_T) and
-    ``forward_kl`` KL(p_T||p_S), and with ``top_k`` the student's ``support_mass`` inside the teacher's
-    top-K. At a real vocabulary each separate pass costs about as much as the loss itself, so the
-    metrics of every step share one.
-    """
-    B, T, V = student_logits.shape
-    chunk = auto_chunk_tokens(V, chunk_tokens)
-    s_flat = student_logits.reshape(B * T, V)
-    t_flat = teacher_logits.reshape(B * T, V)
-    y = ids.reshape(B * T, 1)
-    names = ["student_logp", "teacher_entropy", "reverse_kl", "forward_kl"] + (["support_mass"] if top_k else [])
-    out = {n: torch.empty(B * T, device=student_logits.device) for n in names}
-    for a in range(0, B * T, chunk):
-        b = min(B * T, a + chunk)
-        ls = F.log_softmax(s_flat[a:b].float(), -1)
-        lt = F.log_softmax(t_flat[a:b].float(), -1)
-        ps, pt = ls.exp(), lt.exp()
-        diff = ls - lt
-        out["student_logp"][a:b] = ls.gather(-1, y[a:b]).squeeze(-1)
-        out["teacher_entropy"][a:b] = torch.special.entr(pt).sum(-1)
-        out["reverse_kl"][a:b] = (ps * diff).sum(-1)
-        out["forward_kl"][a:b] = -(pt * diff).sum(-1)
-        if top_k:
-            out["support_mass"][a:b] = ps.gather(-1, lt.topk(min(top_k, V), dim=-1).indices).sum(-1)
-    return {n: v.reshape(B, T) for n, v in out.items()}
-
-
-@torch.no_grad()
-def support_mass(student_logits: torch.Tensor, support_ids: torch.Tensor, chunk_tokens: int = 2048) -> torch.Tensor:
-    """The student's full-vocabulary probability mass inside a support set [B, T, K] -> [B, T]."""
-    B, T, V = student_logits.shape
-    K = support_ids.shape[-1]
-    flat = student_logits.reshape(B * T, V)
-    ids = support_ids.reshape(B * T, K)
-    out = torch.empty(B * T, device=student_logits.device)
-    for s in range(0, B * T, chunk_tokens):
-        lp = F.log_softmax(flat[s:s + chunk_tokens].float(), -1)
-        out[s:s + chunk_tokens] = lp.gather(-1, ids[s:s + chunk_tokens]).exp().sum(-1)
-    return out.reshape(B, T)
 
 
 @dataclass

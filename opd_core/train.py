@@ -1,50 +1,47 @@
-"""The distillation loop: rollout -> score -> objective -> step -> log, one run directory per run.
+"""The distillation loop: rollout -> score -> objective -> optimizer step -> (reference rollouts) -> log.
 
-Read top to bottom: ``Trainer.rollout`` draws responses (student prefixes, or teacher prefixes with
-probability 1 - lmbda), ``Trainer.score`` runs one student forward (with grad) and one teacher
-forward and derives every per-token statistic from those two logit tensors, ``Trainer.train_step``
-applies the objective and the optimizer, and ``Trainer.run`` logs, evaluates, checkpoints and handles
-SIGTERM (finish the step, checkpoint, write ``stopped``). Every step's randomness is seeded from
-(seed, step), so a resumed run continues exactly where the checkpoint left it.
+Read top to bottom, in the manner of tinker-cookbook's ``train_on_policy.py``: each phase is a small
+method that takes its inputs as arguments and returns a typed record (:class:`Rollout`,
+:class:`Scored`, :class:`Update`, :class:`Reference`, :class:`StepResult`); nothing passes between
+phases through attributes of the trainer, which only holds the models, the optimizer and the
+settings. Every statistic comes from :mod:`opd_core.stats` and every record is built by
+:mod:`opd_core.run_writer`. ``Trainer.run`` logs, evaluates, checkpoints and handles SIGTERM (finish
+the step, checkpoint, write ``stopped``). Every step's randomness is seeded from (seed, step), so a
+resumed run continues exactly where the checkpoint left it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from opd_core import checkpoints, runs
+from opd_core import checkpoints, runs, stats
 from opd_core.config import ConfigError, RunConfig
-from opd_core.distributed import (
-    DistInfo,
-    all_reduce_gradients,
-    all_reduce_sum,
-    any_rank,
+from opd_core.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, any_rank
+from opd_core.objectives import (
+    ObjectiveBatch,
+    ObjectiveOutput,
+    TeacherNeeds,
+    compute_objective,
+    get_objective,
+    reduce_loss,
 )
-from opd_core.objectives import ObjectiveBatch, TeacherNeeds, compute_objective, get_objective, reduce_loss
 from opd_core.objectives.chunked import token_logprob_stats
 from opd_core.pairing import TokenizerPair
+from opd_core.progress import ProgressBar
 from opd_core.rollout import Sampling, sample_responses
-from opd_core.scoring import (
-    SequenceBatch,
-    TeacherScores,
-    build_batch,
-    nucleus_membership,
-    response_logits,
-    score_teacher,
-    step_stats,
-    support_mass,
-)
-from opd_core.token_records import SampleInfo, build_table
+from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table
+from opd_core.scoring import SequenceBatch, TeacherScores, build_batch, response_logits, score_teacher
 
-DEFAULT_SUPPORT_K = 32
+DEFAULT_SUPPORT_K = stats.DEFAULT_SUPPORT_K
 
 
 class NonFiniteError(RuntimeError):
@@ -67,6 +64,26 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2**31 - 1)
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block as ``timings[name]`` (seconds): the one timer of the loop."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start
+
+
+@dataclass
+class Rollout:
+    """One step's prompts and responses (student tokens), and who wrote the prefixes."""
+
+    prompts: list[str]
+    responses: list[list[int]]
+    source: str                  # "student" | "teacher"
+    examples: dict               # prompt -> task example (for grading)
+
+
 @dataclass
 class Scored:
     """One batch after both forward passes: everything the objective and the logger read."""
@@ -80,10 +97,49 @@ class Scored:
     mask: torch.Tensor          # tokens that carry supervision
     special: torch.Tensor
     eos: torch.Tensor
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # why the others do not (schema.MASK_REASONS)
+
+
+@dataclass
+class Update:
+    """The objective's output and what the optimizer step did with it."""
+
+    out: ObjectiveOutput
+    loss: float                 # reduced over the global batch (all ranks)
+    grad_norm: float
+    lr: float
+    tokens: int
+
+
+@dataclass
+class Reference:
+    """The teacher's own rollouts for the step's prompts, scored like the student's (logging steps only)."""
+
+    scored: Scored
+    out: ObjectiveOutput
+    record: stats.TokenStats
+    grades: list
+    texts: list[str]
+
+
+@dataclass
+class StepResult:
+    """Everything one training step produced, for the metrics, the token records and the progress line."""
+
+    step: int
+    rollout: Rollout
+    scored: Scored
+    update: Update
+    timings: dict[str, float]
+
+    def metrics(self) -> dict:
+        u = self.update
+        return {"step": self.step, "loss": u.loss, "grad_norm": u.grad_norm, "lr": u.lr, "tokens": u.tokens,
+                "prefix_source": self.rollout.source, **self.timings}
 
 
 class Trainer:
-    """Owns the models, optimizer and run directory of one run."""
+    """Owns the models, optimizer and settings of one run; its phases pass records, not attributes."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, log=print, dist: DistInfo | None = None):
         from opd_core.models import load_pair
@@ -116,9 +172,7 @@ class Trainer:
         self.spec = get_objective(cfg.objective)
         self.params = dict(cfg.objective_params)
         self.needs = self.spec.needs_for(self.params)
-        V = self.pair.student_vocab_size
-        self.support_k = min(int(self.params.get("k", DEFAULT_SUPPORT_K)), V)
-        self.stats_k = max(cfg.log_top_k, self.support_k)
+        self.support_k = min(int(self.params.get("k", DEFAULT_SUPPORT_K)), self.pair.student_vocab_size)
         self.optimizer = torch.optim.AdamW(self.student.model.parameters(), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -129,7 +183,7 @@ class Trainer:
         self._pending: list[Future] = []
         self.stop_requested = False
 
-    # ------------------------------------------------------------------ rollouts
+    # ------------------------------------------------------------------ rollout
     def _sampling(self, top_p: float, top_k: int) -> Sampling:
         """The run's sampling with the given nucleus; temperature 0 means greedy decoding."""
         t = self.cfg.temperature
@@ -149,7 +203,19 @@ class Trainer:
             return t_resp
         return [self.pair.student_ids_for_text(*self.pair.teacher_text(r)) for r in t_resp]
 
-    # ------------------------------------------------------------------ scoring
+    def draw_rollout(self, step: int) -> Rollout:
+        """This rank's share of the step's prompts, who writes the prefixes (lmbda), and the responses."""
+        cfg = self.cfg
+        examples = self.task.examples("train", cfg.prompts_per_step, seed=_step_seed(cfg.seed, step))
+        examples = examples[self.dist.rank::self.dist.world_size]
+        rng = np.random.default_rng(_step_seed(cfg.seed, step, 1))
+        source = "student" if rng.random() < cfg.lmbda else "teacher"
+        torch.manual_seed(_step_seed(cfg.seed, step, 2))
+        prompts = [ex.prompt for ex in examples for _ in range(cfg.num_rollouts)]
+        return Rollout(prompts, self.rollout(prompts, source, self.sampling), source,
+                       {ex.prompt: ex for ex in examples})
+
+    # ------------------------------------------------------------------ score
     def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool) -> Scored:
         """One student forward (with grad when training) and one teacher forward over the same responses."""
         responses = [r if r else [self.pair.student_eos_ids[0]] for r in responses]
@@ -160,76 +226,53 @@ class Trainer:
             with torch.set_grad_enabled(grad):
                 s_logits = response_logits(self.student.model, batch, self.pair.student_vocab_size)
             t_scores = score_teacher(self.pair, self.teacher.model, views, batch)
-        ids = batch.response_ids
-        real = batch.response_mask
-        eos = torch.isin(ids, self._id_tensor(self.pair.student_eos_ids))
-        special = torch.isin(ids, self._id_tensor(self.pair.special_ids))
-        mask = real & ~torch.isin(ids, self._id_tensor(self.pair.masked_ids))
+        ids, real = batch.response_ids, batch.response_mask
+        eos = torch.isin(ids, self._id_tensor(self.pair.student_eos_ids)) & real
+        special = torch.isin(ids, self._id_tensor(self.pair.special_ids)) & real
+        masks = {"special": torch.isin(ids, self._id_tensor(self.pair.masked_ids)) & real}
         if self.cfg.mask_after_eos:
-            seen_eos = (eos & real).long().cumsum(-1) - (eos & real).long()
-            mask &= seen_eos == 0
-        if self.needs is not TeacherNeeds.SAMPLED:
-            mask &= t_scores.aligned  # a full distribution exists only where the two tokenizations agree
-        return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special & real, eos & real)
+            masks["after_eos"] = (eos.long().cumsum(-1) - eos.long() > 0) & real
+        if self.needs is not TeacherNeeds.SAMPLED:  # a full distribution exists only where tokenizations agree
+            masks["unaligned"] = ~t_scores.aligned & real
+        mask = real.clone()
+        for m in masks.values():
+            mask &= ~m
+        return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special, eos, masks)
 
     def _id_tensor(self, ids) -> torch.Tensor:
         return torch.tensor(sorted(ids), dtype=torch.long, device=self.device)
 
-    def objective(self, sc: Scored):
+    # ------------------------------------------------------------------ objective and optimizer step
+    def objective(self, sc: Scored) -> ObjectiveOutput:
+        """The objective's per-token loss and signal for a scored batch (the teacher view it needs)."""
         ids = sc.batch.response_ids
         ob = ObjectiveBatch(student_logits=sc.student_logits, sampled_ids=ids, mask=sc.mask)
         if self.needs is TeacherNeeds.FULL:
             ob.teacher_logits = sc.teacher.logits
         elif self.needs is TeacherNeeds.TOPK:
-            stats = token_logprob_stats(sc.teacher.logits, ids, top_k=self.support_k, chunk_tokens=None)
-            ob.teacher_topk_ids, ob.teacher_topk_logps = stats["topk_ids"], stats["topk_logps"]
+            top = token_logprob_stats(sc.teacher.logits, ids, top_k=self.support_k, chunk_tokens=None)
+            ob.teacher_topk_ids, ob.teacher_topk_logps = top["topk_ids"], top["topk_logps"]
             ob.teacher_sampled_logp = sc.teacher.sampled_logp  # a support that adds the sampled token needs it
         else:
             ob.teacher_sampled_logp = sc.teacher.sampled_logp
         return compute_objective(self.cfg.objective, ob, **self.params)
 
-    # ------------------------------------------------------------------ one step
-    def _examples(self, step: int):
-        """This rank's share of the step's prompts (all of them in a single process)."""
-        examples = self.task.examples("train", self.cfg.prompts_per_step, seed=_step_seed(self.cfg.seed, step))
-        return examples[self.dist.rank::self.dist.world_size]
-
-    def train_step(self, step: int) -> tuple[dict, Scored, object, list]:
-        cfg = self.cfg
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        examples = self._examples(step)
-        rng = np.random.default_rng(_step_seed(cfg.seed, step, 1))
-        source = "student" if rng.random() < cfg.lmbda else "teacher"
-        torch.manual_seed(_step_seed(cfg.seed, step, 2))
-        prompts = [ex.prompt for ex in examples for _ in range(cfg.num_rollouts)]
-        responses = self.rollout(prompts, source, self.sampling)
-        timings["t_rollout"] = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        sc = self.score(prompts, responses, grad=True)
-        timings["t_score"] = time.perf_counter() - t1
-        self._check_finite(step, "student logits", sc.student_logits, "the student's weights diverged "
-                           "(learning rate too high?) or the input contains NaN")
-        self._check_finite(step, "teacher log-probs", sc.teacher.sampled_logp, "the teacher checkpoint produces "
-                           "NaN (broken weights or an fp16 overflow: try dtype=float32)")
-
-        t2 = time.perf_counter()
-        out = self.objective(sc)
-        # Divide by the token count of the whole global batch (all ranks), never a mean of per-rank means.
+    def reduce(self, step: int, sc: Scored, out: ObjectiveOutput) -> tuple[torch.Tensor, int]:
+        """The loss over the global batch: divided by all ranks' unmasked tokens, never a mean of means."""
         n_tokens = int(all_reduce_sum(sc.mask.sum().to(torch.float64), self.dist))
         loss = reduce_loss(out.loss, sc.mask, num_tokens=max(n_tokens, 1))
         self._check_finite(step, "loss", loss, "a log-probability of -inf reached the objective (a token the "
                            "teacher gives zero probability: try objective=topk_support or mask_special_tokens=true)")
-        timings["t_objective"] = time.perf_counter() - t2
+        return loss, n_tokens
 
-        t3 = time.perf_counter()
+    def optimizer_step(self, step: int, loss: torch.Tensor, n_tokens: int) -> tuple[float, float]:
+        """Backward, all-reduce, clip and step; returns (grad norm before clipping, learning rate used)."""
         self.optimizer.zero_grad(set_to_none=True)
         if n_tokens > 0:
             loss.backward()
         all_reduce_gradients(list(self.student.model.parameters()), self.dist)
         params = [p for p in self.student.model.parameters() if p.grad is not None]
-        clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        clip = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if params else 0.0
         if not math.isfinite(grad_norm):
             raise NonFiniteError(f"step {step}: gradient norm is {grad_norm} (NaN/inf in the gradients); likely "
@@ -239,11 +282,26 @@ class Trainer:
         if n_tokens > 0:
             self.optimizer.step()
         self.scheduler.step()
-        timings["t_optimizer"] = time.perf_counter() - t3
+        return grad_norm, lr
+
+    def train_step(self, step: int) -> StepResult:
+        """One step: rollout, score, objective, optimizer step, each timed."""
+        timings: dict[str, float] = {}
+        with timed(timings, "t_rollout"):
+            rollout = self.draw_rollout(step)
+        with timed(timings, "t_score"):
+            sc = self.score(rollout.prompts, rollout.responses, grad=True)
+        self._check_finite(step, "student logits", sc.student_logits, "the student's weights diverged "
+                           "(learning rate too high?) or the input contains NaN")
+        self._check_finite(step, "teacher log-probs", sc.teacher.sampled_logp, "the teacher checkpoint produces "
+                           "NaN (broken weights or an fp16 overflow: try dtype=float32)")
+        with timed(timings, "t_objective"):
+            out = self.objective(sc)
+            loss, n_tokens = self.reduce(step, sc, out)
+        with timed(timings, "t_optimizer"):
+            grad_norm, lr = self.optimizer_step(step, loss, n_tokens)
         global_loss = float(all_reduce_sum(loss.detach().clone(), self.dist))
-        metrics = {"step": step, "loss": global_loss, "grad_norm": grad_norm, "lr": lr,
-                   "tokens": n_tokens, "prefix_source": source, **timings}
-        return metrics, sc, out, examples
+        return StepResult(step, rollout, sc, Update(out, global_loss, grad_norm, lr, n_tokens), timings)
 
     @staticmethod
     def _check_finite(step: int, name: str, t: torch.Tensor, cause: str) -> None:
@@ -252,120 +310,89 @@ class Trainer:
             raise NonFiniteError(f"step {step}: {name} contain {bad} NaN/inf value(s); likely cause: {cause}")
 
     # ------------------------------------------------------------------ statistics
-    def token_stats(self, sc: Scored, out) -> dict[str, torch.Tensor]:
-        """Every per-token column, computed from the two logit tensors already in hand (no extra forward)."""
-        ids = sc.batch.response_ids
-        with torch.no_grad():
-            s_logits = sc.student_logits.detach()
-            s = token_logprob_stats(s_logits, ids, top_k=self.stats_k, chunk_tokens=None)
-            t = token_logprob_stats(sc.teacher.logits, ids, top_k=self.stats_k, chunk_tokens=None)
-            aligned = sc.teacher.aligned
-            nan = torch.full_like(t["entropy"], float("nan"))
-            s_lp = s["logp"]
-            t_lp = sc.teacher.sampled_logp
-            in_topp = (nucleus_membership(s_logits, ids, self.cfg.top_p, self.cfg.temperature)
-                       if self.cfg.top_p < 1.0 and self.cfg.temperature > 0 else torch.ones_like(sc.mask))
-            in_nucleus = nucleus_membership(sc.teacher.logits, ids, self.cfg.nucleus_p)
-            # Where the two tokenizations disagree, judge the token by its own (chain-rule) probability.
-            in_nucleus = torch.where(aligned, in_nucleus, t_lp >= math.log(1.0 - self.cfg.nucleus_p))
-            k = self.support_k
-            smass = support_mass(s_logits, t["topk_ids"][..., :k])
-            overlap = (s["topk_ids"][..., :k, None] == t["topk_ids"][..., None, :k]).any(-1).float().mean(-1)
-            L = self.cfg.log_top_k
-            return {
-                "student_logp": s_lp, "teacher_logp": t_lp, "log_ratio": t_lp - s_lp,
-                "student_entropy": s["entropy"], "teacher_entropy": torch.where(aligned, t["entropy"], nan),
-                "teacher_top1_prob": torch.where(aligned, t["topk_logps"][..., 0].exp(), nan),
-                "teacher_rank": torch.where(aligned, t["rank"], torch.zeros_like(t["rank"])),
-                "in_teacher_topk": aligned & (t["rank"] <= k), "in_student_topp": in_topp,
-                "in_teacher_nucleus": in_nucleus, "aligned": aligned,
-                "signal": out.signal.detach().float(), "token_loss": out.loss.detach().float(),
-                "student_support_mass": torch.where(aligned, smass, nan),
-                "topk_overlap": torch.where(aligned, overlap, nan),
-                "teacher_topk_ids": t["topk_ids"][..., :L], "teacher_topk_logps": t["topk_logps"][..., :L],
-                "student_topk_ids": s["topk_ids"][..., :L], "student_topk_logps": s["topk_logps"][..., :L],
-            }
+    def step_metrics(self, sc: Scored, out: ObjectiveOutput, source: str, grades: list) -> dict:
+        """The step's metrics: the every-step fused pass of ``stats.step_stats``, reduced by ``stats.step_metrics``."""
+        st = stats.step_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids, sc.teacher.sampled_logp,
+                              support_k=self.support_k, aligned=sc.teacher.aligned, signal=out.signal)
+        metrics = stats.step_metrics(st, trained=sc.mask, real=sc.batch.response_mask, special=sc.special,
+                                     eos=sc.eos, prefix_source=source)
+        metrics["train_accuracy"] = float(np.mean([g.correct for g in grades])) if grades else None
+        return metrics
 
-    def step_metrics(self, sc: Scored, out, grades: list) -> dict:
-        """The step's metrics from one fused pass over both logit tensors (``scoring.step_stats``)."""
-        from opd_core.diagnostics.imbalance import gini, top_share
-
-        m = sc.mask
-        real = sc.batch.response_mask
-        al = sc.teacher.aligned
-        k = self.support_k if self.needs is not TeacherNeeds.SAMPLED else 0
-        st = step_stats(sc.student_logits.detach(), sc.teacher.logits, sc.batch.response_ids, top_k=k)
-        sig = out.signal.detach().abs()[m].float().cpu().numpy()
-        total = float(sig.sum())
-        special_sig = float(out.signal.detach().abs()[m & (sc.special | sc.eos)].sum())
-        lr = (sc.teacher.sampled_logp - st["student_logp"])[m]
-        te = st["teacher_entropy"][real & al]
-        scored = al & m
-        return {
-            "reverse_kl": float(st["reverse_kl"][scored].mean()) if scored.any() else None,
-            "forward_kl": float(st["forward_kl"][scored].mean()) if scored.any() else None,
-            "response_len": float(real.sum(-1).float().mean()),
-            "signal_gini": gini(sig) if sig.size else None,
-            "signal_top1pct_share": top_share(sig, 0.01) if sig.size else None,
-            "special_token_signal_share": special_sig / total if total > 0 else 0.0,
-            "negative_reward_share": float((lr < 0).float().mean()) if lr.numel() else None,
-            "mean_log_ratio": float(lr.mean()) if lr.numel() else None,
-            "teacher_entropy": float(te.mean()) if te.numel() else None,
-            "student_support_mass": float(st["support_mass"][scored].mean()) if k and scored.any() else None,
-            "masked_share": float(1 - m.sum() / real.sum().clamp(min=1)),
-            "train_accuracy": float(np.mean([g.correct for g in grades])) if grades else None,
-            "eos_rate": float((sc.eos & real).any(-1).float().mean()),
-        }
+    def token_record(self, sc: Scored, out: ObjectiveOutput, rows: list[int] | None = None) -> stats.TokenStats:
+        """The full per-token record of the chosen rows (all by default) from the logits already in hand."""
+        s_logits, t_logits, ids = sc.student_logits, sc.teacher.logits, sc.batch.response_ids
+        t_lp, aligned, signal, loss = sc.teacher.sampled_logp, sc.teacher.aligned, out.signal, out.loss
+        if rows is not None and len(rows) < ids.shape[0]:
+            idx = torch.tensor(rows, dtype=torch.long, device=ids.device)
+            s_logits, t_logits, ids, t_lp, aligned, signal, loss = (
+                x.index_select(0, idx) for x in (s_logits, t_logits, ids, t_lp, aligned, signal, loss))
+        return stats.dense_token_stats(s_logits, t_logits, ids, t_lp, aligned=aligned, support_k=self.support_k,
+                                       log_top_k=self.cfg.log_top_k, rollout_top_p=self.cfg.top_p,
+                                       rollout_temperature=self.cfg.temperature, nucleus_p=self.cfg.nucleus_p,
+                                       signal=signal, token_loss=loss)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:
         texts = [self.student.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
         return [self.task.grade(examples_by_prompt[p], t) for p, t in zip(prompts, texts)], texts
 
-    def sample_infos(self, sc: Scored, grades: list, texts: list[str]) -> list[SampleInfo]:
+    def sample_infos(self, sc: Scored, grades: list, texts: list[str], rows: list[int]) -> list[SampleInfo]:
         infos = []
-        for p, r, v, g, text in zip(sc.prompts, sc.responses, sc.views, grades, texts):
-            full_text, spans = self.pair.response_spans(r)
-            strings = [full_text[a:b] for a, b in spans]
-            infos.append(SampleInfo(p, text, g.correct, g.format_ok, g.first_error_char, spans, strings,
-                                    v.teacher_strings))
+        for i in rows:
+            full_text, spans = self.pair.response_spans(sc.responses[i])
+            g = grades[i]
+            infos.append(SampleInfo(sc.prompts[i], texts[i], g.correct, g.format_ok, g.first_error_char, spans,
+                                    [full_text[a:b] for a, b in spans], sc.views[i].teacher_strings))
         return infos
 
-    # ------------------------------------------------------------------ logging
+    def token_rows(self, sc: Scored, rows: list[int], source: str, *, reference: bool, offset: int,
+                   infos: list[SampleInfo]) -> TokenRows:
+        """The facts of the logged rows a token table repeats (masks by reason, who wrote them, texts)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=sc.mask.device)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, idx)
+
+        return TokenRows(token_ids=pick(sc.batch.response_ids), real=pick(sc.batch.response_mask),
+                         special=pick(sc.special), eos=pick(sc.eos),
+                         masks={k: pick(v) for k, v in sc.masks.items()}, prefix_source=source,
+                         reference_only=reference, sample_offset=offset, sample_ids=rows, samples=infos,
+                         id_to_string=self.pair.student_strings, topk_strings=True)
+
+    # ------------------------------------------------------------------ reference rollouts and logging
     def is_log_step(self, step: int) -> bool:
         n = self.cfg.log_tokens_every
         return n > 0 and (step == 1 or step % n == 0 or step == self.cfg.steps)
 
-    def log_tokens(self, step: int, sc: Scored, out, cols: dict, examples_by_prompt: dict, grades, texts) -> None:
-        """Queue this step's token records (and the teacher's reference rollouts) for a background write."""
-        cfg = self.cfg
-        rows = list(range(len(sc.prompts)))
-        if cfg.log_samples:
-            rows = rows[: cfg.log_samples]
-        infos = self.sample_infos(sc, grades, texts)
-        tables = [build_table(step=step, sample_offset=0, prefix_source=self._last_source,
-                              reference_only=False, response_ids=sc.batch.response_ids, real=sc.batch.response_mask,
-                              masked=~sc.mask, special=sc.special, eos=sc.eos, cols=cols, samples=infos, rows=rows,
-                              id_to_string=self.pair.student_strings)]
-        if cfg.reference_rollouts and self._last_source == "student":
-            ref_prompts = list(dict.fromkeys(sc.prompts))
-            ref_resp = self.rollout(ref_prompts, "teacher", self._sampling(1.0, 0))
-            ref = self.score(ref_prompts, ref_resp, grad=False)
-            with torch.no_grad():
-                ref_out = self.objective(ref)
-            ref_cols = self.token_stats(ref, ref_out)
-            ref_grades, ref_texts = self.grade(ref_prompts, ref.responses, examples_by_prompt)
-            tables.append(build_table(step=step, sample_offset=len(sc.prompts), prefix_source="teacher",
-                                      reference_only=True, response_ids=ref.batch.response_ids,
-                                      real=ref.batch.response_mask, masked=~ref.mask, special=ref.special,
-                                      eos=ref.eos, cols=ref_cols, samples=self.sample_infos(ref, ref_grades,
-                                                                                            ref_texts),
-                                      id_to_string=self.pair.student_strings))
-            self._reference_entropy = float(np.nanmean(ref_cols["teacher_entropy"][ref.batch.response_mask]
-                                                       .cpu().numpy()))
+    def reference_rollouts(self, rollout: Rollout) -> Reference:
+        """The teacher's own greedy-free rollouts for the step's prompts, scored without grad: the baseline
+        the drift diagnostics compare the student's prefixes against."""
+        prompts = list(dict.fromkeys(rollout.prompts))
+        responses = self.rollout(prompts, "teacher", self._sampling(1.0, 0))
+        ref = self.score(prompts, responses, grad=False)
+        with torch.no_grad():
+            out = self.objective(ref)
+        grades, texts = self.grade(prompts, ref.responses, rollout.examples)
+        return Reference(ref, out, self.token_record(ref, out), grades, texts)
+
+    def log_tokens(self, result: StepResult, record: stats.TokenStats, rows: list[int], grades: list,
+                   texts: list[str], reference: Reference | None) -> None:
+        """Queue this step's token tables (and the reference rollouts') for the background writer."""
         import pyarrow as pa
 
+        sc = result.scored
+        infos = self.sample_infos(sc, grades, texts, rows)
+        tables = [token_table(result.step, record, self.token_rows(sc, rows, result.rollout.source,
+                                                                   reference=False, offset=0, infos=infos))]
+        if reference is not None:
+            ref = reference.scored
+            ref_rows = list(range(len(ref.prompts)))
+            ref_infos = self.sample_infos(ref, reference.grades, reference.texts, ref_rows)
+            tables.append(token_table(result.step, reference.record,
+                                      self.token_rows(ref, ref_rows, "teacher", reference=True,
+                                                      offset=len(sc.prompts), infos=ref_infos)))
         table = pa.concat_tables(tables, promote_options="default")
-        self._pending.append(self._writer.submit(runs.write_token_records, self.run_dir, step, table))
+        self._pending.append(self._writer.submit(runs.write_token_records, self.run_dir, result.step, table))
 
     def flush_tokens(self) -> None:
         for f in self._pending:
@@ -395,8 +422,33 @@ class Trainer:
                 "eval_response_len": float(np.mean([len(r) for r in responses]))}
 
     # ------------------------------------------------------------------ the loop
-    def run(self, start_step: int = 0, progress: bool = True) -> str:
-        """Train from ``start_step`` to ``cfg.steps``; returns the final state (finished/stopped)."""
+    def observe(self, result: StepResult, logging_step: bool) -> dict:
+        """Grade, compute the step's metrics and, on logging steps, the reference rollouts and token records."""
+        cfg, sc, source = self.cfg, result.scored, result.rollout.source
+        timings: dict[str, float] = {}
+        with timed(timings, "t_metrics"):
+            grades, texts = self.grade(sc.prompts, sc.responses, result.rollout.examples)
+            metrics = {**result.metrics(), **self.step_metrics(sc, result.update.out, source, grades)}
+        reference = None
+        if logging_step and cfg.reference_rollouts and source == "student":
+            with timed(timings, "t_reference"):
+                reference = self.reference_rollouts(result.rollout)
+                ref = reference.scored
+                ref_metrics = stats.step_metrics(reference.record, trained=ref.mask, real=ref.batch.response_mask,
+                                                 special=ref.special, eos=ref.eos, prefix_source="teacher")
+                metrics["teacher_entropy_teacher_prefix"] = ref_metrics["teacher_entropy_teacher_prefix"]
+        with timed(timings, "t_logging"):
+            if logging_step:
+                rows = list(range(len(sc.prompts)))[: cfg.log_samples or None]
+                self.log_tokens(result, self.token_record(sc, result.update.out, rows), rows, grades, texts,
+                                reference)
+        return {**metrics, **timings}
+
+    def run(self, start_step: int = 0, progress: bool = True, time_offset: float = 0.0) -> str:
+        """Train from ``start_step`` to ``cfg.steps``; returns the final state (finished/stopped).
+
+        ``time_offset`` is the training time already spent before ``start_step`` (a resumed run).
+        """
         cfg = self.cfg
         main = self.dist.is_main
         started = time.time()
@@ -408,10 +460,9 @@ class Trainer:
                               world_size=self.dist.world_size)
             runs.mark_process(self.run_dir)
             self.write_alignment()
-        bar = _progress_bar(cfg.steps, start_step, enabled=progress and main)
+        bar = ProgressBar(cfg.steps, start_step, enabled=progress and main)
         last_status = 0.0
         state = "finished"
-        self._reference_entropy = None
         metrics_out = runs.MetricsWriter(self.run_dir) if main else None
         step = start_step
         if main and start_step == 0 and cfg.eval_every:
@@ -420,36 +471,18 @@ class Trainer:
         try:
             for step in range(start_step + 1, cfg.steps + 1):
                 t_step = time.perf_counter()
-                metrics, sc, out, examples = self.train_step(step)
-                self._last_source = metrics["prefix_source"]
-                t4 = time.perf_counter()
-                by_prompt = {ex.prompt: ex for ex in examples}
-                grades, texts = self.grade(sc.prompts, sc.responses, by_prompt)
-                logging_step = main and self.is_log_step(step)
-                extra = self.step_metrics(sc, out, grades)
-                entropy = extra.pop("teacher_entropy")
-                metrics.update(extra)
-                key = "teacher_entropy_student_prefix" if self._last_source == "student" else \
-                    "teacher_entropy_teacher_prefix"
-                metrics[key] = entropy
-                t_log0 = time.perf_counter()
-                if logging_step:
-                    self.log_tokens(step, sc, out, self.token_stats(sc, out), by_prompt, grades, texts)
-                    if self._reference_entropy is not None:
-                        metrics["teacher_entropy_teacher_prefix"] = self._reference_entropy
-                metrics["t_logging"] = time.perf_counter() - t_log0
-                metrics["t_metrics"] = t_log0 - t4
+                result = self.train_step(step)
+                metrics = self.observe(result, main and self.is_log_step(step))
                 if main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                    t_eval = time.perf_counter()
-                    metrics.update(self.evaluate())
-                    metrics["t_eval"] = time.perf_counter() - t_eval
+                    with timed(metrics, "t_eval"):
+                        metrics.update(self.evaluate())
                 step_time = time.perf_counter() - t_step
                 metrics["step_time_s"] = step_time
-                metrics["time_s"] = time.time() - started + self._time_offset
+                metrics["time_s"] = time.time() - started + time_offset
                 metrics["tokens_per_s"] = metrics["tokens"] / step_time if step_time > 0 else None
                 stop = any_rank(self.stop_requested, self.dist) and step < cfg.steps
                 if main:
-                    metrics_out.append(metrics)
+                    metrics_out.append(metrics_record(metrics))
                     bar.update(1, metrics)
                     periodic = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                     if periodic or step == cfg.steps or stop:
@@ -471,36 +504,6 @@ class Trainer:
             runs.write_status(self.run_dir, state=state, step=step, finished_at=time.time())
             self.log(f"{state} at step {step}/{cfg.steps}: {self.run_dir}")
         return state
-    _time_offset = 0.0
-
-
-class _progress_bar:
-    """tqdm on a terminal; a plain line every 10% when writing to a log file."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total = total
-        self.tty = enabled and sys.stderr.isatty()
-        self.done = start
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-    def update(self, n: int, metrics: dict) -> None:
-        self.done += n
-        post = {"loss": f"{metrics['loss']:.3f}", "gnorm": f"{metrics['grad_norm']:.2f}"}
-        if metrics.get("eval_accuracy") is not None:
-            post["eval_acc"] = f"{metrics['eval_accuracy']:.2f}"
-        if self.bar is not None:
-            self.bar.set_postfix(post, refresh=False)
-            self.bar.update(n)
-        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            print(f"step {self.done}/{self.total} " + " ".join(f"{k}={v}" for k, v in post.items()), flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def __getattr__(name: str):

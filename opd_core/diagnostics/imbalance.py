@@ -23,6 +23,7 @@ from opd_core.diagnostics.loading import (
     signal_column,
     trained_rows,
 )
+from opd_core.stats import abs_values, gini, top_share  # noqa: F401 - defined once, in the stats module
 
 # Columns these analyses read (pass to runs.read_tokens to load nothing else).
 COLUMNS: tuple[str, ...] = ("step", "sample", "pos", "token", "is_special", "is_eos", "masked",
@@ -33,27 +34,6 @@ KINDS: tuple[str, ...] = ("format", "digit", "special", "other")
 _SPECIAL_PATTERN = re.compile(r"^(<\|[^|]*\|>|</?[A-Za-z_][\w.-]*>|\[/?[A-Z_]+\])$")
 
 
-def _abs_values(values: object) -> np.ndarray:
-    arr = np.abs(np.asarray(values, dtype=np.float64).ravel())
-    return arr[np.isfinite(arr)]
-
-
-def gini(values: object) -> float:
-    """Gini coefficient of |values|: 0 when every token carries the same signal, (n-1)/n when one carries all.
-
-    NaN for no values; 0 when every value is zero (nothing is concentrated).
-    """
-    x = np.sort(_abs_values(values))
-    n = x.size
-    if n == 0:
-        return float("nan")
-    total = x.sum()
-    if total <= 0:
-        return 0.0
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    return float(2.0 * np.dot(ranks, x) / (n * total) - (n + 1.0) / n)
-
-
 def lorenz_curve(values: object, points: int = 200) -> pd.DataFrame:
     """Lorenz curve of |values| downsampled to ``points`` rows: share of tokens vs share of |signal|.
 
@@ -62,7 +42,7 @@ def lorenz_curve(values: object, points: int = 200) -> pd.DataFrame:
     """
     if points < 2:
         raise ValueError(f"points must be at least 2 (the curve's two ends), got {points}")
-    x = np.sort(_abs_values(values))
+    x = np.sort(abs_values(values))
     token_share = np.linspace(0.0, 1.0, points)
     total = x.sum()
     if x.size == 0 or total <= 0:
@@ -70,19 +50,6 @@ def lorenz_curve(values: object, points: int = 200) -> pd.DataFrame:
     exact_x = np.arange(x.size + 1, dtype=np.float64) / x.size
     exact_y = np.concatenate([[0.0], np.cumsum(x) / total])
     return pd.DataFrame({"token_share": token_share, "signal_share": np.interp(token_share, exact_x, exact_y)})
-
-
-def top_share(values: object, fraction: float) -> float:
-    """Share of total |values| carried by the largest ``fraction`` of tokens (at least one token)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    x = _abs_values(values)
-    total = x.sum()
-    if x.size == 0 or total <= 0:
-        return float("nan") if x.size == 0 else 0.0
-    k = max(1, math.ceil(fraction * x.size - 1e-9))
-    top = np.partition(x, x.size - k)[x.size - k:]
-    return float(top.sum() / total)
 
 
 def summary(tokens: pd.DataFrame, *, exclude_special: bool = False) -> dict:

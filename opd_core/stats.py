@@ -1,0 +1,421 @@
+"""Every per-token statistic of a run, and every per-step metric as a reduction of them: defined here once.
+
+One fused chunked pass over the student's and the teacher's logits ([B,T,V], the teacher already in
+the student's vocabulary) yields a :class:`TokenStats` record of [B,T] tensors (top-K lists [B,T,K]).
+The loop runs the cheap subset on every step (:func:`step_stats`) and the full record on logging steps
+(:func:`dense_token_stats`); a trainer that only has sampled log-probs and top-K lists (the SDK) gets
+the same record, with what it cannot know left as ``None``, from :func:`sparse_token_stats`. Per-step
+metrics (:func:`step_metrics`) and the concentration measures :func:`gini` / :func:`top_share` are
+reductions of that record, so a number means the same in our loop, the SDK, the TRL bridge and the
+dashboard. Definitions of the less obvious columns:
+
+* ``in_teacher_topk``: the sampled token is among the teacher's top-K ids (K = the support k).
+* ``student_support_mass``: Σ p_S over the teacher's top-K (the student's full-vocabulary mass there).
+* ``topk_overlap``: the share of the teacher's top-K ids that are also in the student's top-K.
+* ``overlap_mass_student`` / ``overlap_mass_teacher``: Σ p_S and Σ p_T over the ids in both top-K sets.
+* ``teachability``: the teacher's margin over the student on the student's top-K,
+  Σ_{v ∈ top-K_S} p̃_S(v) (log p_T(v) − log p_S(v)), p̃_S = p_S renormalised over its top-K. Positive
+  where the teacher would raise the student's own likely continuations ("Prefix Teach, Suffix Fade").
+* ``in_student_topp`` / ``in_teacher_nucleus``: the probability of the tokens strictly more likely
+  than the sampled one is below top_p (exactly the set nucleus sampling keeps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from opd_core.objectives.chunked import auto_chunk_tokens
+
+
+def _default_support_k() -> int:
+    from opd_core.objectives import get_objective
+
+    return int(get_objective("topk_support").params["k"])
+
+
+DEFAULT_SUPPORT_K: int = _default_support_k()
+"""K of the top-K statistics when the objective has none: the ``k`` default of ``topk_support``."""
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics of one batch: [B,T] tensors (top-K lists [B,T,K]); None = not known."""
+
+    student_logp: Tensor
+    teacher_logp: Tensor
+    log_ratio: Tensor
+    student_entropy: Tensor | None = None
+    teacher_entropy: Tensor | None = None
+    teacher_top1_prob: Tensor | None = None
+    teacher_rank: Tensor | None = None          # int64; exact from logits (0 where unaligned)
+    teacher_rank_exact: bool = True              # False: from top-K lists, K+1 outside them (a lower bound)
+    in_teacher_topk: Tensor | None = None
+    in_student_topp: Tensor | None = None
+    in_teacher_nucleus: Tensor | None = None
+    aligned: Tensor | None = None
+    student_support_mass: Tensor | None = None
+    topk_overlap: Tensor | None = None
+    overlap_mass_student: Tensor | None = None
+    overlap_mass_teacher: Tensor | None = None
+    teachability: Tensor | None = None
+    reverse_kl: Tensor | None = None
+    forward_kl: Tensor | None = None
+    signal: Tensor | None = None
+    token_loss: Tensor | None = None
+    teacher_topk_ids: Tensor | None = None
+    teacher_topk_logps: Tensor | None = None
+    student_topk_ids: Tensor | None = None
+    student_topk_logps: Tensor | None = None
+
+    def rows(self, index: Sequence[int] | Tensor) -> TokenStats:
+        """The same record for a subset of the batch rows (the responses that get logged)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                idx = torch.as_tensor(index, dtype=torch.long, device=v.device)
+                v = v.index_select(0, idx)
+            out[f.name] = v
+        return TokenStats(**out)
+
+    def to(self, device: str | torch.device) -> TokenStats:
+        """A copy on another device (the host, for a background writer)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+
+# ----------------------------------------------------------------------------- the fused pass
+
+_CHEAP = ("student_logp", "student_entropy", "teacher_entropy", "reverse_kl", "forward_kl")
+_SUPPORT = ("student_support_mass", "in_teacher_topk", "topk_overlap", "overlap_mass_student",
+            "overlap_mass_teacher", "teachability")
+_FULL = ("teacher_top1_prob", "teacher_rank", "in_student_topp", "in_teacher_nucleus")
+
+
+def _topk_support_stats(ls: Tensor, lt: Tensor, s_top: Tensor, s_idx: Tensor, t_top: Tensor, t_idx: Tensor,
+                        y: Tensor, k: int) -> dict[str, Tensor]:
+    """The top-K-set statistics of one chunk (see the module docstring for each definition)."""
+    sk, tk = s_idx[:, :k], t_idx[:, :k]
+    same = sk[:, :, None] == tk[:, None, :]           # [n, K_S, K_T]
+    s_in_t, t_in_s = same.any(2), same.any(1)
+    weights = torch.softmax(s_top[:, :k], -1)         # p~_S: the student renormalised on its top-K
+    return {
+        "student_support_mass": ls.gather(-1, tk).exp().sum(-1),
+        "in_teacher_topk": (tk == y).any(-1),
+        "topk_overlap": t_in_s.float().mean(-1),
+        "overlap_mass_student": (s_top[:, :k].exp() * s_in_t).sum(-1),
+        "overlap_mass_teacher": (t_top[:, :k].exp() * t_in_s).sum(-1),
+        "teachability": (weights * (lt.gather(-1, sk) - s_top[:, :k])).sum(-1),
+    }
+
+
+@torch.no_grad()
+def _fused_pass(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, *, support_k: int, log_k: int,
+                full: bool, rollout_top_p: float = 1.0, rollout_temperature: float = 1.0,
+                nucleus_p: float = 0.9, chunk_tokens: int | None = None) -> dict[str, Tensor]:
+    """One chunked pass over both [B,T,V] logit tensors; returns the [B,T](,K) statistics by name."""
+    B, T, V = student_logits.shape
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same [B, T, V] shape; map the teacher "
+                         "to the student's vocabulary first")
+    k = min(support_k, V)
+    kk = min(max(support_k, log_k), V) if full else k
+    n = B * T
+    dev = student_logits.device
+    chunk = auto_chunk_tokens(V)  # the chunking of token_logprobs: equal models give an exactly-zero ratio
+    s_flat, t_flat = student_logits.reshape(n, V), teacher_logits.reshape(n, V)
+    y_all = ids.reshape(n, 1).long()
+    names = list(_CHEAP) + (list(_SUPPORT) if k else []) + (list(_FULL) if full else [])
+    bools = {"in_teacher_topk", "in_student_topp", "in_teacher_nucleus"}
+    out = {name: torch.empty(n, device=dev, dtype=torch.bool if name in bools else
+                             (torch.long if name == "teacher_rank" else torch.float32)) for name in names}
+    if full:
+        for side in ("teacher", "student"):
+            out[f"{side}_topk_ids"] = torch.empty(n, kk, dtype=torch.long, device=dev)
+            out[f"{side}_topk_logps"] = torch.empty(n, kk, device=dev)
+    work = torch.promote_types(student_logits.dtype, torch.float32)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        xs, xt, y = s_flat[a:b].to(work), t_flat[a:b].float(), y_all[a:b]
+        ls = xs - xs.logsumexp(-1, keepdim=True)      # the arithmetic of objectives.chunked.token_logprobs
+        lt = xt - xt.logsumexp(-1, keepdim=True)
+        ps, pt = ls.exp(), lt.exp()
+        diff = ls - lt
+        out["student_logp"][a:b] = ls.gather(-1, y).squeeze(-1).float()
+        out["student_entropy"][a:b] = torch.special.entr(ps).sum(-1)
+        out["teacher_entropy"][a:b] = torch.special.entr(pt).sum(-1)
+        out["reverse_kl"][a:b] = (ps * diff).sum(-1)
+        out["forward_kl"][a:b] = -(pt * diff).sum(-1)
+        if not (k or full):
+            continue
+        t_top, t_idx = lt.topk(kk, dim=-1)
+        s_top, s_idx = ls.topk(kk, dim=-1)
+        if k:
+            for name, value in _topk_support_stats(ls, lt, s_top, s_idx, t_top, t_idx, y, k).items():
+                out[name][a:b] = value
+        if full:
+            out["teacher_top1_prob"][a:b] = t_top[:, 0].exp()
+            out["teacher_rank"][a:b] = (xt > xt.gather(-1, y)).sum(-1) + 1
+            pt_y = pt.gather(-1, y)
+            out["in_teacher_nucleus"][a:b] = (pt * (pt > pt_y)).sum(-1) < nucleus_p
+            if rollout_top_p < 1.0 and rollout_temperature > 0:
+                pr = ps if rollout_temperature == 1.0 else torch.softmax(xs / rollout_temperature, -1)
+                pr_y = pr.gather(-1, y)
+                out["in_student_topp"][a:b] = (pr * (pr > pr_y)).sum(-1) < rollout_top_p
+            else:
+                out["in_student_topp"][a:b] = True
+            out["teacher_topk_ids"][a:b], out["teacher_topk_logps"][a:b] = t_idx, t_top
+            out["student_topk_ids"][a:b], out["student_topk_logps"][a:b] = s_idx, s_top.float()
+        del xs, xt, ls, lt, ps, pt, diff
+    return {name: v.reshape(B, T, *v.shape[1:]) for name, v in out.items()}
+
+
+def _teacher_side(out: dict[str, Tensor], aligned: Tensor | None) -> dict[str, Tensor]:
+    """Teacher-distribution statistics are unknown (NaN / False / 0) where the tokenizations disagree."""
+    if aligned is None:
+        return out
+    teacher_side = ("teacher_entropy", "reverse_kl", "forward_kl", "teacher_top1_prob", "student_support_mass",
+                    "topk_overlap", "overlap_mass_student", "overlap_mass_teacher", "teachability")
+    for name in teacher_side:
+        if name in out:
+            out[name] = out[name].masked_fill(~aligned, float("nan"))
+    if "in_teacher_topk" in out:
+        out["in_teacher_topk"] = out["in_teacher_topk"] & aligned
+    if "teacher_rank" in out:
+        out["teacher_rank"] = out["teacher_rank"].masked_fill(~aligned, 0)
+    return out
+
+
+def step_stats(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, teacher_logp: Tensor | None = None,
+               *, support_k: int = 0, aligned: Tensor | None = None, signal: Tensor | None = None) -> TokenStats:
+    """The every-step subset of the record in one fused pass: log-probs, entropies, KLs and (with
+    ``support_k``) the top-K set statistics. ``teacher_logp`` defaults to the teacher logits' own;
+    ``signal`` (the objective's per-token signal) to the sampled log-ratio."""
+    out = _teacher_side(_fused_pass(student_logits.detach(), teacher_logits.detach(), ids, support_k=support_k,
+                                    log_k=0, full=False), aligned)
+    t_lp = _own_logp(teacher_logits, ids) if teacher_logp is None else teacher_logp.float()
+    log_ratio = t_lp - out["student_logp"]
+    return TokenStats(teacher_logp=t_lp, log_ratio=log_ratio, aligned=aligned,
+                      signal=log_ratio if signal is None else signal.detach().float(), **out)
+
+
+def dense_token_stats(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor,
+                      teacher_logp: Tensor | None = None, *, aligned: Tensor | None = None,
+                      support_k: int = DEFAULT_SUPPORT_K, log_top_k: int = 8, rollout_top_p: float = 1.0,
+                      rollout_temperature: float = 1.0, nucleus_p: float = 0.9, signal: Tensor | None = None,
+                      token_loss: Tensor | None = None) -> TokenStats:
+    """The full per-token record from both models' logits (logging steps): one fused chunked pass.
+
+    ``teacher_logp`` is the teacher's log-prob of each sampled token (for a cross-tokenizer pair the
+    chain rule over its characters, ``scoring.TeacherScores.sampled_logp``); ``aligned`` marks where
+    ``teacher_logits`` is a meaningful distribution. Top-K lists keep ``log_top_k`` entries; the
+    top-K statistics use ``support_k``. ``signal`` defaults to the sampled log-ratio and ``token_loss``
+    to the γ=0 sampled-token loss −signal·log p_S.
+    """
+    out = _teacher_side(_fused_pass(student_logits.detach(), teacher_logits.detach(), ids, support_k=support_k,
+                                    log_k=log_top_k, full=True, rollout_top_p=rollout_top_p,
+                                    rollout_temperature=rollout_temperature, nucleus_p=nucleus_p), aligned)
+    t_lp = _own_logp(teacher_logits, ids) if teacher_logp is None else teacher_logp.float()
+    if aligned is not None:  # judge an unaligned token by its own (chain-rule) probability
+        own = t_lp >= math.log(1.0 - nucleus_p) if nucleus_p < 1 else torch.ones_like(aligned)
+        out["in_teacher_nucleus"] = torch.where(aligned, out["in_teacher_nucleus"], own)
+    L = min(log_top_k, out["teacher_topk_ids"].shape[-1])
+    for name in ("teacher_topk_ids", "teacher_topk_logps", "student_topk_ids", "student_topk_logps"):
+        out[name] = out[name][..., :L]
+    log_ratio = t_lp - out["student_logp"]
+    signal, token_loss = default_signal(log_ratio, out["student_logp"], signal, token_loss)
+    return TokenStats(teacher_logp=t_lp, log_ratio=log_ratio, aligned=aligned, signal=signal,
+                      token_loss=token_loss, **out)
+
+
+def _own_logp(logits: Tensor, ids: Tensor) -> Tensor:
+    from opd_core.objectives.chunked import token_logprobs
+
+    return token_logprobs(logits.detach(), ids).float()
+
+
+def default_signal(log_ratio: Tensor, student_logp: Tensor, signal: Tensor | None,
+                   token_loss: Tensor | None) -> tuple[Tensor, Tensor]:
+    """What a token contributes when the trainer did not say: the sampled log-ratio, and the γ=0
+    sampled-token loss −signal·log p_S (NaN when only the signal was given: its loss is unknown)."""
+    if token_loss is None:
+        token_loss = -log_ratio * student_logp if signal is None else torch.full_like(log_ratio, float("nan"))
+    return (log_ratio if signal is None else signal.detach().float()), token_loss.detach().float()
+
+
+def nucleus_from_topk(ids: Tensor, topk_ids: Tensor, topk_logps: Tensor, top_p: float) -> Tensor:
+    """Nucleus membership judged from a model's top-K list (True when the list cannot tell).
+
+    A token is inside when the mass ranked strictly above it is below ``top_p``; outside the list all K
+    listed tokens rank above it. Equal to the exact test whenever the list reaches the token.
+    """
+    if top_p >= 1.0 or topk_ids.shape[-1] == 0:
+        return torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    probs = topk_logps.double().exp()
+    before = probs.cumsum(-1) - probs
+    hit = topk_ids == ids[..., None]
+    found = hit.any(-1)
+    mass_above = torch.where(found, (before * hit).sum(-1), probs.sum(-1))
+    return mass_above < top_p
+
+
+def sparse_token_stats(token_ids: Tensor, student_logp: Tensor, teacher_logp: Tensor, *,
+                       student_entropy: Tensor | None = None, teacher_entropy: Tensor | None = None,
+                       teacher_topk_ids: Tensor | None = None, teacher_topk_logps: Tensor | None = None,
+                       student_topk_ids: Tensor | None = None, student_topk_logps: Tensor | None = None,
+                       teacher_rank: Tensor | None = None, student_support_mass: Tensor | None = None,
+                       signal: Tensor | None = None, token_loss: Tensor | None = None,
+                       rollout_top_p: float = 1.0, nucleus_p: float = 0.9) -> TokenStats:
+    """The record from what a trainer holds without full logits: sampled log-probs and top-K lists.
+
+    Statistics the inputs cannot determine stay None (written as null/NaN, never invented). With the
+    teacher's top-K, ``teacher_rank`` is the 1-based position in it and K+1 outside (a lower bound).
+    """
+    ids = token_ids.long()
+    s_lp, t_lp = student_logp.float(), teacher_logp.float()
+    log_ratio = t_lp - s_lp
+    sig, loss = default_signal(log_ratio, s_lp, signal, token_loss)
+    rec = TokenStats(student_logp=s_lp, teacher_logp=t_lp, log_ratio=log_ratio, signal=sig, token_loss=loss,
+                     student_entropy=None if student_entropy is None else student_entropy.float(),
+                     teacher_entropy=None if teacher_entropy is None else teacher_entropy.float(),
+                     student_support_mass=None if student_support_mass is None else student_support_mass.float(),
+                     teacher_rank=None if teacher_rank is None else teacher_rank.long())
+    rec.in_student_topp = (torch.ones(ids.shape, dtype=torch.bool) if student_topk_ids is None else
+                           nucleus_from_topk(ids, student_topk_ids.long(), student_topk_logps, rollout_top_p))
+    if student_topk_ids is not None:
+        rec.student_topk_ids, rec.student_topk_logps = student_topk_ids.long(), student_topk_logps.float()
+    if teacher_topk_ids is None:
+        return rec
+    t_ids, t_lps = teacher_topk_ids.long(), teacher_topk_logps.float()
+    rec.teacher_topk_ids, rec.teacher_topk_logps = t_ids, t_lps
+    K = t_ids.shape[-1]
+    hit = t_ids == ids[..., None]
+    rec.in_teacher_topk = hit.any(-1)
+    rec.teacher_top1_prob = t_lps[..., 0].exp() if K else torch.full(ids.shape, float("nan"))
+    if rec.teacher_rank is None:
+        rec.teacher_rank = torch.where(rec.in_teacher_topk, hit.int().argmax(-1) + 1, K + 1).long()
+        rec.teacher_rank_exact = False
+    rec.in_teacher_nucleus = nucleus_from_topk(ids, t_ids, t_lps, nucleus_p)
+    if student_topk_ids is not None and K:
+        s_ids, s_lps = rec.student_topk_ids, rec.student_topk_logps
+        same = s_ids[..., :, None] == t_ids[..., None, :]
+        rec.topk_overlap = same.any(-2).float().sum(-1) / K
+        rec.overlap_mass_student = (s_lps.exp() * same.any(-1)).sum(-1)
+        rec.overlap_mass_teacher = (t_lps.exp() * same.any(-2)).sum(-1)
+    return rec
+
+
+# ----------------------------------------------------------------------------- per-step reductions
+
+
+def abs_values(values: object) -> np.ndarray:
+    """|values| as a flat float64 array, non-finite entries dropped (what concentration is measured on)."""
+    arr = np.abs(np.asarray(values, dtype=np.float64).ravel())
+    return arr[np.isfinite(arr)]
+
+
+def gini(values: object) -> float:
+    """Gini coefficient of |values|: 0 when every token carries the same signal, (n-1)/n when one carries all.
+
+    NaN for no values; 0 when every value is zero (nothing is concentrated).
+    """
+    x = np.sort(abs_values(values))
+    n = x.size
+    if n == 0:
+        return float("nan")
+    total = x.sum()
+    if total <= 0:
+        return 0.0
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    return float(2.0 * np.dot(ranks, x) / (n * total) - (n + 1.0) / n)
+
+
+def top_share(values: object, fraction: float) -> float:
+    """Share of total |values| carried by the largest ``fraction`` of tokens (at least one token)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    x = abs_values(values)
+    total = x.sum()
+    if x.size == 0 or total <= 0:
+        return float("nan") if x.size == 0 else 0.0
+    k = max(1, math.ceil(fraction * x.size - 1e-9))
+    top = np.partition(x, x.size - k)[x.size - k:]
+    return float(top.sum() / total)
+
+
+def special_token_signal_share(signal: Tensor, trained: Tensor, special: Tensor, eos: Tensor) -> float:
+    """|signal| on trained tokens flagged special OR EOS, over the total trained |signal| (0 when none)."""
+    sig = signal.detach().abs().float().nan_to_num(0.0)
+    total = float(sig[trained].sum())
+    return float(sig[trained & (special | eos)].sum()) / total if total > 0 else 0.0
+
+
+def _mean(values: Tensor | None, where: Tensor) -> float | None:
+    """Mean over ``where`` of the finite values; None when nothing is there to average."""
+    if values is None:
+        return None
+    v = values[where].double()
+    v = v[torch.isfinite(v)]
+    return float(v.mean()) if v.numel() else None
+
+
+def step_metrics(stats: TokenStats, *, trained: Tensor, real: Tensor, special: Tensor, eos: Tensor,
+                 prefix_source: Sequence[str] | str = "student") -> dict[str, float | None]:
+    """The step's metrics as reductions of the per-token record (trained = the unmasked real tokens).
+
+    Teacher entropy is the mean over real tokens where it is known, named by who wrote the prefix
+    (``teacher_entropy_student_prefix`` / ``teacher_entropy_teacher_prefix``); every other token mean
+    is over trained tokens. See docs/diagnostics.md for each metric.
+    """
+    trained, real = trained.bool(), real.bool()
+    sig = stats.signal if stats.signal is not None else stats.log_ratio
+    abs_sig = sig.detach()[trained].abs().double().cpu().numpy()
+    abs_sig = abs_sig[np.isfinite(abs_sig)]
+    lr = stats.log_ratio[trained].double()
+    lr = lr[torch.isfinite(lr)]
+    outside = None if stats.in_teacher_topk is None else (~stats.in_teacher_topk).float()
+    if outside is not None and stats.aligned is not None:
+        outside = outside.masked_fill(~stats.aligned, float("nan"))
+    out: dict[str, float | None] = {
+        "reverse_kl": _mean(stats.reverse_kl, trained),
+        "forward_kl": _mean(stats.forward_kl, trained),
+        "reverse_kl_sampled": float(-lr.mean()) if lr.numel() else None,  # k1 estimate on the sampled tokens
+        "response_len": float(real.sum(-1).float().mean()) if real.numel() else None,
+        "signal_gini": gini(abs_sig) if abs_sig.size else None,
+        "signal_top1pct_share": top_share(abs_sig, 0.01) if abs_sig.size else None,
+        "special_token_signal_share": special_token_signal_share(sig, trained, special.bool(), eos.bool()),
+        "negative_reward_share": float((lr < 0).double().mean()) if lr.numel() else None,
+        "mean_log_ratio": float(lr.mean()) if lr.numel() else None,
+        "student_entropy": _mean(stats.student_entropy, trained),
+        "student_support_mass": _mean(stats.student_support_mass, trained),
+        "not_in_topk_ratio": _mean(outside, trained),
+        "topk_overlap": _mean(stats.topk_overlap, trained),
+        "overlap_mass_student": _mean(stats.overlap_mass_student, trained),
+        "overlap_mass_teacher": _mean(stats.overlap_mass_teacher, trained),
+        "teachability": _mean(stats.teachability, trained),
+        "masked_share": float(1 - trained.sum() / real.sum().clamp(min=1)),
+        "eos_rate": float((eos.bool() & real).any(-1).float().mean()) if real.numel() else None,
+    }
+    sources = [prefix_source] * real.shape[0] if isinstance(prefix_source, str) else list(prefix_source)
+    for source in ("student", "teacher"):
+        rows = torch.tensor([s == source for s in sources], dtype=torch.bool, device=real.device)
+        if rows.any():
+            out[f"teacher_entropy_{source}_prefix"] = _mean(stats.teacher_entropy, real & rows[:, None])
+    return out
+
+
+STEP_METRICS: tuple[str, ...] = (
+    "reverse_kl", "forward_kl", "reverse_kl_sampled", "response_len", "signal_gini", "signal_top1pct_share",
+    "special_token_signal_share", "negative_reward_share", "mean_log_ratio", "student_entropy",
+    "student_support_mass", "not_in_topk_ratio", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher",
+    "teachability", "masked_share", "eos_rate", "teacher_entropy_student_prefix",
+    "teacher_entropy_teacher_prefix",
+)
+"""Every metric :func:`step_metrics` can return (a step omits the prefix source it did not see)."""
