@@ -98,20 +98,24 @@ _SUPPORT = ("student_support_mass", "in_teacher_topk", "topk_overlap", "overlap_
 _FULL = ("teacher_top1_prob", "teacher_rank", "in_student_topp", "in_teacher_nucleus")
 
 
-def _topk_support_stats(ls: Tensor, lt: Tensor, s_top: Tensor, s_idx: Tensor, t_top: Tensor, t_idx: Tensor,
+def _topk_support_stats(ls: Tensor, lt: Tensor, ps: Tensor, pt: Tensor, s_idx: Tensor, t_idx: Tensor,
                         y: Tensor, k: int) -> dict[str, Tensor]:
-    """The top-K-set statistics of one chunk (see the module docstring for each definition)."""
-    sk, tk = s_idx[:, :k], t_idx[:, :k]
-    same = sk[:, :, None] == tk[:, None, :]           # [n, K_S, K_T]
-    s_in_t, t_in_s = same.any(2), same.any(1)
-    weights = torch.softmax(s_top[:, :k], -1)         # p~_S: the student renormalised on its top-K
+    """The top-K-set statistics of one chunk (see the module docstring for each definition).
+
+    The two top-K sets are boolean masks over the vocabulary, so every statistic is one elementwise pass.
+    """
+    in_t = torch.zeros_like(ls, dtype=torch.bool).scatter_(-1, t_idx[:, :k], True)
+    in_s = torch.zeros_like(ls, dtype=torch.bool).scatter_(-1, s_idx[:, :k], True)
+    both = in_t & in_s
+    ps_s = ps * in_s                                   # p_S on its own top-K; renormalised below (p~_S)
+    margin = torch.where(in_s, lt - ls, 0.0)
     return {
-        "student_support_mass": ls.gather(-1, tk).exp().sum(-1),
-        "in_teacher_topk": (tk == y).any(-1),
-        "topk_overlap": t_in_s.float().mean(-1),
-        "overlap_mass_student": (s_top[:, :k].exp() * s_in_t).sum(-1),
-        "overlap_mass_teacher": (t_top[:, :k].exp() * t_in_s).sum(-1),
-        "teachability": (weights * (lt.gather(-1, sk) - s_top[:, :k])).sum(-1),
+        "student_support_mass": (ps * in_t).sum(-1),
+        "in_teacher_topk": in_t.gather(-1, y).squeeze(-1),
+        "topk_overlap": both.sum(-1) / k,
+        "overlap_mass_student": (ps * both).sum(-1),
+        "overlap_mass_teacher": (pt * both).sum(-1),
+        "teachability": (ps_s * margin).sum(-1) / ps_s.sum(-1),
     }
 
 
@@ -155,10 +159,10 @@ def _fused_pass(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, *, 
         out["forward_kl"][a:b] = -(pt * diff).sum(-1)
         if not (k or full):
             continue
-        t_top, t_idx = lt.topk(kk, dim=-1)
-        s_top, s_idx = ls.topk(kk, dim=-1)
+        t_top, t_idx = lt.topk(kk, dim=-1, sorted=full)  # the sets alone need no order (half the cost)
+        s_top, s_idx = ls.topk(kk, dim=-1, sorted=full)
         if k:
-            for name, value in _topk_support_stats(ls, lt, s_top, s_idx, t_top, t_idx, y, k).items():
+            for name, value in _topk_support_stats(ls, lt, ps, pt, s_idx, t_idx, y, k).items():
                 out[name][a:b] = value
         if full:
             out["teacher_top1_prob"][a:b] = t_top[:, 0].exp()
@@ -357,13 +361,20 @@ def special_token_signal_share(signal: Tensor, trained: Tensor, special: Tensor,
     return float(sig[trained & (special | eos)].sum()) / total if total > 0 else 0.0
 
 
-def _mean(values: Tensor | None, where: Tensor) -> float | None:
-    """Mean over ``where`` of the finite values; None when nothing is there to average."""
-    if values is None:
-        return None
-    v = values[where].double()
-    v = v[torch.isfinite(v)]
-    return float(v.mean()) if v.numel() else None
+def _means(columns: dict[str, Tensor | None], where: Tensor) -> dict[str, float | None]:
+    """Mean over ``where`` of each column's finite values, all in one stacked reduction (one host sync);
+    None for a column that is unknown or has nothing to average there."""
+    known = {name: v for name, v in columns.items() if v is not None}
+    out: dict[str, float | None] = dict.fromkeys(columns)
+    if not known:
+        return out
+    stacked = torch.stack([v.double() for v in known.values()])
+    ok = torch.isfinite(stacked) & where
+    sums = torch.where(ok, stacked, 0.0).sum((1, 2))
+    counts = ok.sum((1, 2))
+    for name, total, count in zip(known, sums.tolist(), counts.tolist()):
+        out[name] = total / count if count else None
+    return out
 
 
 def step_metrics(stats: TokenStats, *, trained: Tensor, real: Tensor, special: Tensor, eos: Tensor,
@@ -372,42 +383,39 @@ def step_metrics(stats: TokenStats, *, trained: Tensor, real: Tensor, special: T
 
     Teacher entropy is the mean over real tokens where it is known, named by who wrote the prefix
     (``teacher_entropy_student_prefix`` / ``teacher_entropy_teacher_prefix``); every other token mean
-    is over trained tokens. See docs/diagnostics.md for each metric.
+    is over trained tokens. ``reverse_kl_sampled`` is the k1 estimate −mean(log_ratio) on the sampled
+    tokens. See docs/diagnostics.md for each metric.
     """
     trained, real = trained.bool(), real.bool()
     sig = stats.signal if stats.signal is not None else stats.log_ratio
     abs_sig = sig.detach()[trained].abs().double().cpu().numpy()
     abs_sig = abs_sig[np.isfinite(abs_sig)]
-    lr = stats.log_ratio[trained].double()
-    lr = lr[torch.isfinite(lr)]
     outside = None if stats.in_teacher_topk is None else (~stats.in_teacher_topk).float()
     if outside is not None and stats.aligned is not None:
         outside = outside.masked_fill(~stats.aligned, float("nan"))
+    lr = stats.log_ratio
+    means = _means({"reverse_kl": stats.reverse_kl, "forward_kl": stats.forward_kl, "mean_log_ratio": lr,
+                    "negative_reward_share": (lr < 0).float().masked_fill(~torch.isfinite(lr), float("nan")),
+                    "student_entropy": stats.student_entropy, "student_support_mass": stats.student_support_mass,
+                    "not_in_topk_ratio": outside, "topk_overlap": stats.topk_overlap,
+                    "overlap_mass_student": stats.overlap_mass_student,
+                    "overlap_mass_teacher": stats.overlap_mass_teacher, "teachability": stats.teachability}, trained)
+    n_real = int(real.sum())
     out: dict[str, float | None] = {
-        "reverse_kl": _mean(stats.reverse_kl, trained),
-        "forward_kl": _mean(stats.forward_kl, trained),
-        "reverse_kl_sampled": float(-lr.mean()) if lr.numel() else None,  # k1 estimate on the sampled tokens
+        **means,
+        "reverse_kl_sampled": None if means["mean_log_ratio"] is None else -means["mean_log_ratio"],
         "response_len": float(real.sum(-1).float().mean()) if real.numel() else None,
         "signal_gini": gini(abs_sig) if abs_sig.size else None,
         "signal_top1pct_share": top_share(abs_sig, 0.01) if abs_sig.size else None,
         "special_token_signal_share": special_token_signal_share(sig, trained, special.bool(), eos.bool()),
-        "negative_reward_share": float((lr < 0).double().mean()) if lr.numel() else None,
-        "mean_log_ratio": float(lr.mean()) if lr.numel() else None,
-        "student_entropy": _mean(stats.student_entropy, trained),
-        "student_support_mass": _mean(stats.student_support_mass, trained),
-        "not_in_topk_ratio": _mean(outside, trained),
-        "topk_overlap": _mean(stats.topk_overlap, trained),
-        "overlap_mass_student": _mean(stats.overlap_mass_student, trained),
-        "overlap_mass_teacher": _mean(stats.overlap_mass_teacher, trained),
-        "teachability": _mean(stats.teachability, trained),
-        "masked_share": float(1 - trained.sum() / real.sum().clamp(min=1)),
+        "masked_share": float(1 - int(trained.sum()) / max(n_real, 1)),
         "eos_rate": float((eos.bool() & real).any(-1).float().mean()) if real.numel() else None,
     }
     sources = [prefix_source] * real.shape[0] if isinstance(prefix_source, str) else list(prefix_source)
     for source in ("student", "teacher"):
         rows = torch.tensor([s == source for s in sources], dtype=torch.bool, device=real.device)
         if rows.any():
-            out[f"teacher_entropy_{source}_prefix"] = _mean(stats.teacher_entropy, real & rows[:, None])
+            out[f"teacher_entropy_{source}_prefix"] = _means({"e": stats.teacher_entropy}, real & rows[:, None])["e"]
     return out
 
 

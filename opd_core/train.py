@@ -310,27 +310,28 @@ class Trainer:
             raise NonFiniteError(f"step {step}: {name} contain {bad} NaN/inf value(s); likely cause: {cause}")
 
     # ------------------------------------------------------------------ statistics
-    def step_metrics(self, sc: Scored, out: ObjectiveOutput, source: str, grades: list) -> dict:
-        """The step's metrics: the every-step fused pass of ``stats.step_stats``, reduced by ``stats.step_metrics``."""
-        st = stats.step_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids, sc.teacher.sampled_logp,
-                              support_k=self.support_k, aligned=sc.teacher.aligned, signal=out.signal)
-        metrics = stats.step_metrics(st, trained=sc.mask, real=sc.batch.response_mask, special=sc.special,
+    def step_metrics(self, sc: Scored, out: ObjectiveOutput, source: str, grades: list,
+                     record: stats.TokenStats | None = None) -> dict:
+        """The step's metrics as reductions (``stats.step_metrics``) of the full record of a logging step, or
+        else of the every-step fused pass, which computes the top-K set statistics only when the objective
+        works on a top-K support (a sampled-token step does not otherwise pay for a top-K)."""
+        if record is None:
+            k = self.support_k if self.needs is not TeacherNeeds.SAMPLED else 0
+            record = stats.step_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
+                                      sc.teacher.sampled_logp, support_k=k, aligned=sc.teacher.aligned,
+                                      signal=out.signal)
+        metrics = stats.step_metrics(record, trained=sc.mask, real=sc.batch.response_mask, special=sc.special,
                                      eos=sc.eos, prefix_source=source)
         metrics["train_accuracy"] = float(np.mean([g.correct for g in grades])) if grades else None
         return metrics
 
-    def token_record(self, sc: Scored, out: ObjectiveOutput, rows: list[int] | None = None) -> stats.TokenStats:
-        """The full per-token record of the chosen rows (all by default) from the logits already in hand."""
-        s_logits, t_logits, ids = sc.student_logits, sc.teacher.logits, sc.batch.response_ids
-        t_lp, aligned, signal, loss = sc.teacher.sampled_logp, sc.teacher.aligned, out.signal, out.loss
-        if rows is not None and len(rows) < ids.shape[0]:
-            idx = torch.tensor(rows, dtype=torch.long, device=ids.device)
-            s_logits, t_logits, ids, t_lp, aligned, signal, loss = (
-                x.index_select(0, idx) for x in (s_logits, t_logits, ids, t_lp, aligned, signal, loss))
-        return stats.dense_token_stats(s_logits, t_logits, ids, t_lp, aligned=aligned, support_k=self.support_k,
+    def token_record(self, sc: Scored, out: ObjectiveOutput) -> stats.TokenStats:
+        """The full per-token record of a scored batch from the logits already in hand (no extra forward)."""
+        return stats.dense_token_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
+                                       sc.teacher.sampled_logp, aligned=sc.teacher.aligned, support_k=self.support_k,
                                        log_top_k=self.cfg.log_top_k, rollout_top_p=self.cfg.top_p,
                                        rollout_temperature=self.cfg.temperature, nucleus_p=self.cfg.nucleus_p,
-                                       signal=signal, token_loss=loss)
+                                       signal=out.signal, token_loss=out.loss)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:
         texts = [self.student.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
@@ -428,7 +429,9 @@ class Trainer:
         timings: dict[str, float] = {}
         with timed(timings, "t_metrics"):
             grades, texts = self.grade(sc.prompts, sc.responses, result.rollout.examples)
-            metrics = {**result.metrics(), **self.step_metrics(sc, result.update.out, source, grades)}
+            metrics = result.metrics()
+            if not logging_step:
+                metrics.update(self.step_metrics(sc, result.update.out, source, grades))
         reference = None
         if logging_step and cfg.reference_rollouts and source == "student":
             with timed(timings, "t_reference"):
@@ -438,9 +441,11 @@ class Trainer:
                                                  special=ref.special, eos=ref.eos, prefix_source="teacher")
                 metrics["teacher_entropy_teacher_prefix"] = ref_metrics["teacher_entropy_teacher_prefix"]
         with timed(timings, "t_logging"):
-            if logging_step:
+            if logging_step:  # the full record replaces the every-step pass: metrics and token table from it
+                record = self.token_record(sc, result.update.out)
+                metrics.update(self.step_metrics(sc, result.update.out, source, grades, record))
                 rows = list(range(len(sc.prompts)))[: cfg.log_samples or None]
-                self.log_tokens(result, self.token_record(sc, result.update.out, rows), rows, grades, texts,
+                self.log_tokens(result, record.rows(rows) if cfg.log_samples else record, rows, grades, texts,
                                 reference)
         return {**metrics, **timings}
 

@@ -14,7 +14,7 @@ import torch
 from opd_core import runs
 from opd_core.config import from_dict
 from opd_core.logging_sdk import OPDLogger
-from opd_core.objectives import per_token_loss
+from opd_core.objectives import TeacherNeeds, per_token_loss
 from opd_core.run_writer import TokenRows, masked_reason, token_table
 from opd_core.scoring import TeacherScores, build_batch
 from opd_core.stats import STEP_METRICS, dense_token_stats, step_metrics, step_stats
@@ -37,7 +37,7 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
     """What Trainer.observe does with a scored batch: the full record, the token rows and the step metrics."""
     cfg = from_dict({"top_p": 0.9, "temperature": 1.0, "log_top_k": K, "nucleus_p": 0.8})
     trainer = Trainer.__new__(Trainer)  # the loop's own methods, without loading models
-    trainer.cfg, trainer.support_k = cfg, K
+    trainer.cfg, trainer.support_k, trainer.needs = cfg, K, TeacherNeeds.TOPK
     trainer.pair = SimpleNamespace(student_strings=[str(i) for i in range(V)])
     ids, real = batch.response_ids, batch.response_mask
     eos = (ids == EOS) & real
@@ -48,10 +48,17 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
     sc = Scored(["p"] * 3, responses, batch, s_logits, TeacherScores(t_lp, t_logits, real.clone()), [], mask,
                 special, eos, masks)
     out = per_token_loss("sampled_token", s_logits, t_logits, ids, mask)
-    rows = [0, 1, 2]
-    record = trainer.token_record(sc, out, rows)
-    table = token_table(7, record, trainer.token_rows(sc, rows, "student", reference=False, offset=0, infos=None))
-    return table, trainer.step_metrics(sc, out, "student", []), mask, special, out
+    record = trainer.token_record(sc, out)
+    table = token_table(7, record, trainer.token_rows(sc, [0, 1, 2], "student", reference=False, offset=0,
+                                                      infos=None))
+    logging_step = trainer.step_metrics(sc, out, "student", [], record)
+    every_step = trainer.step_metrics(sc, out, "student", [])  # the cheap fused pass of the other steps
+    assert set(every_step) == set(logging_step)
+    for key, value in every_step.items():
+        assert (value is None) == (logging_step[key] is None), key
+        if value is not None:
+            assert value == pytest.approx(logging_step[key], rel=1e-5, abs=1e-6), key
+    return table, logging_step, mask, special, out
 
 
 def test_loop_and_sdk_write_identical_token_columns_and_step_metrics(tmp_path):
