@@ -36,7 +36,7 @@ def page_title(finding: object) -> str:
     from app import navigation
 
     mapping = getattr(navigation, "MODE_PAGES", None) or MODE_PAGES
-    page = getattr(finding, "page", None)
+    page = getattr(finding, "view", None) or getattr(finding, "page", None)
     if isinstance(page, str) and page in {s.title for s in navigation.PAGE_SPECS}:
         return page
     return mapping.get(str(page), mapping.get(getattr(finding, "mode", ""), "Runs"))

@@ -37,6 +37,13 @@ PAGE_SPECS: tuple[PageSpec, ...] = (
     PageSpec("lab.py", "Bias/variance lab", "lab", ":material/science:", "Theory", optional=True),
 )
 
+# The page that shows the evidence of each failure mode a health finding names (its ``view``,
+# one of opd_core.diagnostics.health.MODES): diagnostics name modes, only the dashboard knows pages.
+MODE_PAGES: dict[str, str] = {"imbalance": "Imbalance", "drift": "Teacher under drift",
+                              "mismatch": "Tokenizer mismatch", "collapse": "Teacher under drift",
+                              "training": "Compare"}
+
+
 _registry: dict[str, st.Page] = {}
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from opd_core.diagnostics.health import severity_rank
 from opd_core.runs import RunSummary
 
 LAST_METRICS = ("loss", "eval_accuracy", "response_len", "grad_norm", "signal_gini")
@@ -39,8 +40,7 @@ def flags_text(report: object) -> str:
     findings = [f for f in getattr(report, "findings", []) or [] if f.severity in ("warning", "critical")]
     if not findings:
         return ""
-    order = {"critical": 0, "warning": 1}
-    findings = sorted(findings, key=lambda f: order[f.severity])
+    findings = sorted(findings, key=lambda f: severity_rank(f.severity))
     return "; ".join(f"[{f.severity}] {f.title}" for f in findings)
 
 

@@ -19,6 +19,7 @@ from opd_core.runs import (
     METRICS_FILE,
     STATES,
     STATUS_FILE,
+    REQUIRED_METRICS,
     TOKEN_COLUMNS,
     TOKENS_DIR,
     RunFileError,
@@ -170,7 +171,7 @@ def validate_run_dir(run_dir: str | Path) -> list[str]:
         raw_steps = [rec.get("step") for rec in records]
         if len(raw_steps) != len(set(raw_steps)):
             problems.append("metrics.jsonl has duplicated steps")
-        for col in ("step", "time_s", "loss", "grad_norm", "lr", "tokens"):
+        for col in REQUIRED_METRICS:
             if col not in metrics:
                 problems.append(f"metrics.jsonl lacks {col!r}")
     steps = token_steps(run_dir)

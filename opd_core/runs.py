@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from opd_core import process_identity
+from opd_core.schema import METRIC_COLUMNS, REQUIRED_METRICS, TOKEN_COLUMNS  # noqa: F401 - the schema, re-exported
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STATES = ("queued", "running", "finished", "failed", "stopped")
@@ -44,22 +45,6 @@ METRICS_FILE = "metrics.jsonl"
 TOKENS_DIR = "tokens"
 LOG_FILE = "log.txt"
 CHECKPOINTS_DIR = "checkpoints"
-
-# Per-token record columns promised to users and outside tools (never rename; add freely).
-TOKEN_COLUMNS: tuple[str, ...] = (
-    "step", "sample", "pos", "token_id", "token", "is_special", "masked", "prefix_source",
-    "student_logp", "teacher_logp", "log_ratio", "student_entropy", "teacher_entropy",
-    "teacher_top1_prob", "teacher_rank", "in_teacher_topk", "in_student_topp",
-    "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids", "student_topk_logps",
-    "signal", "token_loss", "drift",
-)
-# Per-step metric names promised likewise (a step may omit the ones it did not measure, e.g. eval).
-METRIC_COLUMNS: tuple[str, ...] = (
-    "step", "time_s", "loss", "reverse_kl", "forward_kl", "grad_norm", "lr", "tokens",
-    "tokens_per_s", "response_len", "signal_gini", "signal_top1pct_share",
-    "teacher_entropy_student_prefix", "teacher_entropy_teacher_prefix",
-    "special_token_signal_share", "eval_accuracy",
-)
 
 _TOKEN_FILE_PATTERN = re.compile(r"^step_(\d{6,})\.parquet$")
 
@@ -181,19 +166,25 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _clean_floats(obj: Any) -> Any:
-    """NaN/inf are not JSON: write them as null so every reader can parse the file."""
+def clean_json(obj: Any) -> Any:
+    """A value JSON can hold: NaN/inf become null (every reader can parse it), numpy scalars Python numbers,
+    tuples lists and dict keys strings. The one JSON cleaning of the project."""
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # a numpy scalar
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean_floats(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean_floats(v) for v in obj]
+        return [clean_json(v) for v in obj]
     return obj
 
 
+_clean_floats = clean_json  # the old private name
+
+
 def to_json(obj: Any, *, indent: int | None = 2) -> str:
-    return json.dumps(_clean_floats(obj), indent=indent, default=_json_default, sort_keys=False)
+    return json.dumps(clean_json(obj), indent=indent, default=_json_default, sort_keys=False)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

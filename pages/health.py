@@ -7,6 +7,7 @@ import streamlit as st
 from app import evidence, state, widgets
 from app.inert import md
 from opd_core.diagnostics import format_report
+from opd_core.diagnostics.health import severity_rank
 
 SEVERITY = {"critical": (":red[:material/error:]", "Critical"), "warning": (":orange[:material/warning:]", "Warning"),
             "info": (":blue[:material/info:]", "Info")}
@@ -15,7 +16,7 @@ widgets.header("Health", "Which failure mode does this run suffer from? Each fin
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
 report = widgets.guarded(run, state.health_report, run.path)
-findings = sorted(report.findings, key=lambda f: list(SEVERITY).index(f.severity) if f.severity in SEVERITY else 9)
+findings = sorted(report.findings, key=lambda f: severity_rank(f.severity))
 
 counts = {s: sum(f.severity == s for f in findings) for s in SEVERITY}
 c = st.columns(3)

@@ -65,7 +65,7 @@ def test_synthetic_sampled_token_run_with_eos_mismatch_flags_imbalance_drift_and
     assert mism.evidence["largest_log_ratio_token"] == "<|im_end|>"
     assert mism.evidence["largest_log_ratio"] == pytest.approx(-58.71, abs=0.01)
     assert "mask_special_tokens=true" in mism.fix
-    assert mism.page == "Tokenizer mismatch"
+    assert mism.view == "mismatch"
 
 
 def test_mismatch_stays_quiet_without_the_planted_eos(tmp_path):
@@ -112,7 +112,7 @@ def test_drift_is_flagged_when_the_teacher_goes_flat_off_support_and_quiet_when_
     flat = health(write_run(tmp_path / "flat", table=lambda s: healthy_table(s, teacher_flat_when_drifted=True)))
     finding = next(f for f in flat.findings if f.mode == "drift")
     assert finding.evidence["entropy_ratio"] >= 2.0
-    assert "top_p=0.9" in finding.fix and finding.page == "Teacher under drift"
+    assert "top_p=0.9" in finding.fix and finding.view == "drift"
     assert "drift" not in health(write_run(tmp_path / "steady")).modes()
 
 
@@ -182,7 +182,7 @@ def test_report_json_has_the_promised_shape_and_no_nan(tmp_path):
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["findings"]
     for f in data["findings"]:
-        assert set(f) == {"mode", "severity", "title", "evidence", "fix", "page"}
+        assert set(f) == {"mode", "severity", "title", "evidence", "fix", "view"}
         assert f["severity"] in {"info", "warning", "critical"}
         assert f["mode"] in {"imbalance", "drift", "mismatch", "collapse", "training"}
 

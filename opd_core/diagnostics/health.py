@@ -20,9 +20,25 @@ from opd_core import runs
 from opd_core.diagnostics import collapse, drift, imbalance, mismatch
 from opd_core.diagnostics.loading import DiagnosticsError, read_run_tokens
 
-SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
-# Objectives whose per-token signal is a divergence over the vocabulary, spread over every token by design.
-DENSE_OBJECTIVES = frozenset({"reverse_kl", "forward_kl", "jsd", "topk_support", "kl_mix"})
+SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")  # most severe first: the one order everywhere
+# The failure modes a finding names; the dashboard maps each to the page showing its evidence (app/navigation.py).
+MODES: tuple[str, ...] = ("imbalance", "drift", "mismatch", "collapse", "training")
+
+
+def severity_rank(severity: str) -> int:
+    """Sort key of a severity: 0 for the most severe; unknown severities last."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+def _dense_objectives() -> frozenset[str]:
+    """Objectives whose per-token signal is a divergence over the vocabulary, spread over every token by
+    design: every registered objective that needs more of the teacher than its sampled log-prob."""
+    from opd_core.objectives import TeacherNeeds, get_objective, list_objectives
+
+    return frozenset(n for n in list_objectives() if get_objective(n).needs is not TeacherNeeds.SAMPLED)
+
+
+DENSE_OBJECTIVES = _dense_objectives()
 
 
 @dataclass(frozen=True)
@@ -69,10 +85,10 @@ class Finding:
     title: str
     evidence: dict
     fix: str           # config settings to try, by their config names
-    page: str          # the dashboard page that shows the evidence
+    view: str          # the failure mode (MODES) whose evidence view shows it; the dashboard maps it to a page
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "evidence": _json_safe(self.evidence)}
+        return {**asdict(self), "evidence": runs.clean_json(self.evidence)}
 
 
 @dataclass
@@ -93,18 +109,6 @@ class HealthReport:
     def modes(self) -> set[str]:
         """The failure modes flagged (for tests and quick checks)."""
         return {f.mode for f in self.findings}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _num(value: Any, digits: int = 4) -> Any:
@@ -146,7 +150,7 @@ def check_imbalance(tokens: pd.DataFrame, objective: str | None, t: Thresholds =
         evidence=evidence,
         fix="objective=topk_support (objective_params.k=32, objective_params.renormalize=true): dense, bounded "
             "supervision on the teacher's top-K at every visited prefix",
-        page="Imbalance",
+        view="imbalance",
     )]
 
 
@@ -184,7 +188,7 @@ def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS) -> list[Findin
         evidence=evidence,
         fix="top_p=0.9 (keep rollouts in the student's nucleus, nearer the teacher's support); "
             "objective=topk_support; or lmbda=0.5 to mix in teacher-prefix rollouts",
-        page="Teacher under drift",
+        view="drift",
     )]
 
 
@@ -232,7 +236,7 @@ def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
         evidence=evidence,
         fix="mask_special_tokens=true and mask_after_eos=true (EOS mapped between tokenizers by meaning, "
             "not by id)",
-        page="Tokenizer mismatch",
+        view="mismatch",
     )]
 
 
@@ -263,7 +267,7 @@ def check_collapse(tokens: pd.DataFrame, config: dict, t: Thresholds = THRESHOLD
         title=(f"support collapse: the student's mass inside the teacher's top-K fell from {first:.2f} to "
                f"{last:.2f}" if _finite(fall) else
                f"support collapse: top-K overlap fell from {s['overlap_first']:.2f} to {s['overlap_last']:.2f}"),
-        evidence=evidence, fix=fix, page="Compare",
+        evidence=evidence, fix=fix, view="collapse",
     )]
 
 
@@ -287,7 +291,7 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
         found.append(Finding(
             mode="training", severity="critical", title=f"loss or grad norm is NaN/inf at {len(bad)} step(s)",
             evidence={"check": "nan_loss", "n_steps": len(bad), "first_steps": bad[:5]},
-            fix="a lower learning_rate, max_grad_norm=1.0 and dtype=float32", page="Compare"))
+            fix="a lower learning_rate, max_grad_norm=1.0 and dtype=float32", view="training"))
     if "grad_norm" in metrics and len(metrics) > t.grad_window // 4:
         g = pd.to_numeric(metrics["grad_norm"], errors="coerce")
         median = g.rolling(t.grad_window, min_periods=5).median().shift(1)
@@ -300,7 +304,7 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
                 evidence={"check": "grad_norm_spike", "n_spikes": len(spikes), "steps": spikes[:5],
                           "max_ratio": _num(float(ratio.max()))},
                 fix="max_grad_norm=1.0 and a lower learning_rate; top_p=0.9 keeps rollouts off the teacher's "
-                    "unsupported tail", page="Compare"))
+                    "unsupported tail", view="training"))
     trend = mismatch.response_length_trend(metrics)
     stats = trend.attrs
     cap = config.get("max_new_tokens")
@@ -317,7 +321,7 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
                       "last_mean": _num(stats["last_mean"]), "ratio": _num(stats["ratio"]),
                       "slope_per_step": _num(stats["slope"]), "max_new_tokens": cap},
             fix="mask_special_tokens=true and mask_after_eos=true (a mismatched EOS teaches the student not to "
-                "stop); objective=topk_support gives shorter responses", page="Tokenizer mismatch"))
+                "stop); objective=topk_support gives shorter responses", view="mismatch"))
     if "eval_accuracy" in metrics:
         evals = metrics[["step", "eval_accuracy"]].copy()
         evals["eval_accuracy"] = pd.to_numeric(evals["eval_accuracy"], errors="coerce")
@@ -334,7 +338,7 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
                     evidence={"check": "eval_falling", "first": _num(acc[0]), "best": _num(acc[best]),
                               "best_step": best_step, "last": _num(acc[-1])},
                     fix=f"a lower learning_rate; fork from the checkpoint nearest step {best_step} "
-                        "(opd-lab runs fork RUN --step S); objective=topk_support", page="Compare"))
+                        "(opd-lab runs fork RUN --step S); objective=topk_support", view="training"))
     return found
 
 
@@ -392,8 +396,7 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
         skipped.append("training checks: metrics.jsonl has no records that can be read")
     else:
         findings += _guarded("training", skipped, lambda: check_training(run_dir, metrics, config, thresholds))
-    order = {s: i for i, s in enumerate(SEVERITIES)}
-    findings.sort(key=lambda f: order.get(f.severity, len(order)))
+    findings.sort(key=lambda f: severity_rank(f.severity))
     return HealthReport(run_dir=run_dir, findings=findings, skipped=skipped, objective=objective,
                         problems=list(dict.fromkeys(problems)))
 
@@ -423,7 +426,7 @@ def format_report(report: HealthReport) -> str:
         lines.append(f"[{f.severity.upper()}] {f.mode}: {f.title}")
         lines.append("  evidence: " + ", ".join(f"{k}={_format_value(v)}" for k, v in f.evidence.items()))
         lines.append(f"  fix:      {f.fix}")
-        lines.append(f"  see:      the {f.page} page")
+        lines.append(f"  see:      the dashboard's {f.view} evidence")
     if report.skipped:
         lines.append("")
         lines.extend(f"(skipped) {note}" for note in report.skipped)
