@@ -316,6 +316,21 @@ def sparse_token_stats(token_ids: Tensor, student_logp: Tensor, teacher_logp: Te
     return rec
 
 
+def record_from_columns(columns: dict[str, np.ndarray]) -> TokenStats:
+    """A record of one flat row of tokens ([1, N]) from token-table columns, so a producer that has a
+    table rather than tensors (re-scoring) reduces it with the same :func:`step_metrics`."""
+    known = {f.name for f in fields(TokenStats)}
+    out = {}
+    for name, values in columns.items():
+        if name in known and values is not None:
+            arr = np.asarray(values)
+            if arr.dtype.kind not in "fbiu":  # a column with nulls (object): not known for every token
+                continue
+            arr = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+            out[name] = torch.from_numpy(np.ascontiguousarray(arr))[None]
+    return TokenStats(**out)
+
+
 # ----------------------------------------------------------------------------- per-step reductions
 
 

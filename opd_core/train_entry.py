@@ -56,7 +56,7 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
             if dist.is_main:
                 runs.write_status(run_dir, state="stopped", finished_at=time.time())
             return "stopped"
-        start = 0
+        start, time_offset = 0, 0.0
         ckpt = checkpoints.latest(run_dir) if resume else None
         if ckpt is None and cfg.init_checkpoint:
             ckpt = Path(cfg.init_checkpoint)
@@ -66,10 +66,10 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
                 _drop_records_after(run_dir, start)
                 prev = runs.read_metrics(run_dir)
                 if "time_s" in prev and len(prev):
-                    trainer._time_offset = float(prev["time_s"].iloc[-1])
+                    time_offset = float(prev["time_s"].iloc[-1])
         elif resume and dist.is_main:
             _drop_records_after(run_dir, 0)
-        return trainer.run(start_step=start, progress=progress)
+        return trainer.run(start_step=start, progress=progress, time_offset=time_offset)
     except Exception as exc:  # the run dir must say why it failed, whatever failed
         if trainer is not None:
             with contextlib.suppress(Exception):  # the original error is the one to report

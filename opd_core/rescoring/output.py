@@ -95,18 +95,27 @@ def merge_parts(run_dir: Path, step: int, n_chunks: int) -> Path:
 
 def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
     """One step's metrics, reduced from the step's token records (the same reductions the SDK path uses)."""
-    from opd_core.logging_sdk import _summary
+    import torch
 
-    cols = ["sample", "signal", "masked", "is_special", "prefix_source", "student_logp", "teacher_logp",
-            "teacher_entropy", "token_loss", "correct", "reward", "response_len"]
-    df = runs.read_tokens(run_dir, [step], cols)
+    from opd_core import stats
+
+    wanted = ["sample", "signal", "masked", "is_special", "is_eos", "prefix_source", "student_logp", "teacher_logp",
+              "log_ratio", "teacher_entropy", "student_entropy", "token_loss", "correct", "reward", "response_len",
+              "student_support_mass", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher", "teachability",
+              "reverse_kl", "forward_kl", "in_teacher_topk", "aligned"]
+    present = set(runs.token_schema_columns(run_dir))
+    df = runs.read_tokens(run_dir, [step], [c for c in wanted if c in present])
     trained = ~df["masked"].to_numpy(bool)
-    out = {c: df[c].to_numpy() for c in ("signal", "is_special", "prefix_source", "student_logp", "teacher_logp",
-                                         "teacher_entropy")}
-    out["is_special"] = out["is_special"].astype(bool)
     per_sample = df.drop_duplicates("sample")
     lengths = per_sample["response_len"].to_numpy()
-    summary = _summary(out, trained, np.ones((len(lengths), 1), dtype=bool))
+    # One flat row of tokens: the same reductions as the loop and the SDK (opd_core.stats.step_metrics).
+    record = stats.record_from_columns({c: df[c].to_numpy() for c in df.columns})
+    flat = torch.from_numpy(trained)[None]
+    flag = {c: torch.from_numpy(df[c].to_numpy(bool) if c in df else np.zeros(len(df), bool))[None]
+            for c in ("is_special", "is_eos")}
+    summary = stats.step_metrics(record, trained=flat, real=torch.ones_like(flat), special=flag["is_special"],
+                                 eos=flag["is_eos"])
+    summary.pop("eos_rate", None)  # a per-response rate: meaningless on one flat row
     n = int(trained.sum())
     loss = float(df["token_loss"].to_numpy(np.float64)[trained].sum() / max(n, 1))
     correct = per_sample["correct"].dropna()
@@ -117,7 +126,6 @@ def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
         "responses": int(len(per_sample)),
         "train_accuracy": float(correct.astype(bool).mean()) if len(correct) else None,
         "mean_reward": float(reward.mean()) if len(reward) else None,
-        "mean_log_ratio": float((out["teacher_logp"] - out["student_logp"])[trained].mean()) if n else None,
     })
     return summary
 

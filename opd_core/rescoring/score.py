@@ -2,8 +2,8 @@
 
 The scoring is the training loop's own: the same ``Trainer.score`` (student forward, teacher forward
 through ``TokenizerPair``, aligned as in training), the same objective call that defines ``signal``,
-the same per-token statistics (``Trainer.token_stats``) and the same table builder
-(``token_records.build_table``). Only the rollouts come from a file instead of the sampler, and no
+the same per-token statistics (``Trainer.token_record``, i.e. ``stats.dense_token_stats``) and the same
+table builder (``run_writer.token_table``). Only the rollouts come from a file instead of the sampler, and no
 optimizer step is taken.
 
 Memory is bounded by ``batch_size`` responses at a time: each batch becomes one part file
@@ -177,23 +177,21 @@ class Scorer:
     @torch.no_grad()
     def score(self, step: int, offset: int, batch: list[Rollout]) -> pa.Table:
         """The per-token records of one batch, exactly as the loop builds them."""
+        from opd_core.run_writer import token_table
         from opd_core.tasks import Grade
-        from opd_core.token_records import build_table
 
         t = self.trainer
         keys = [self.prompt_key(r) for r in batch]
         sc = t.score(keys, [self.response_ids(r) for r in batch], grad=False)
         out = t.objective(sc)
-        cols = t.token_stats(sc, out)
         grades = [Grade(bool(r.correct), True, None) for r in batch]
         texts = [t.student.tokenizer.decode(resp, skip_special_tokens=True) for resp in sc.responses]
-        infos = t.sample_infos(sc, grades, texts)
+        rows = list(range(len(batch)))
+        infos = t.sample_infos(sc, grades, texts, rows)
         for info, r in zip(infos, batch):
             info.prompt = r.prompt if r.messages is None else _messages_text(r.messages)
-        table = build_table(step=step, sample_offset=offset, prefix_source="student", reference_only=False,
-                            response_ids=sc.batch.response_ids, real=sc.batch.response_mask, masked=~sc.mask,
-                            special=sc.special, eos=sc.eos, cols=cols, samples=infos,
-                            id_to_string=self.pair.student_strings)
+        table = token_table(step, t.token_record(sc, out),
+                            t.token_rows(sc, rows, "student", reference=False, offset=offset, infos=infos))
         return _with_outcomes(table, batch, offset)
 
 
