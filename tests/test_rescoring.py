@@ -198,6 +198,19 @@ def test_readers_map_verl_trl_and_custom_columns(tmp_path):
     assert r.messages == ({"role": "user", "content": "1+1"},) and r.response == "=2" and r.step == 1
 
 
+def test_a_prepared_job_is_queued_then_scored_by_score_resume(tmp_path, capsys):
+    from opd_core.rescoring import is_scoring_run, prepare_job
+
+    run = prepare_job(ROLLOUTS / "chat.jsonl", teacher="toy:matched", student="toy:matched", runs_dir=tmp_path,
+                      name="job", settings=["k=8"], objective="topk_support")
+    assert is_scoring_run(run) and runs.read_status(run)["state"] == "queued" and not runs.token_steps(run)
+    assert main(["score", "--resume", str(run), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(run)
+    assert runs.validate_run_dir(run) == [] and runs.read_status(run)["state"] == "finished"
+    assert runs.read_config(run)["objective"] == "topk_support"
+    assert main(["score", "--resume", str(tmp_path)]) == 2  # not a scoring run: one line, exit 2
+
+
 def test_student_checkpoint_for_a_step_is_the_latest_given_at_or_before_it():
     at = {10: "a", 20: "b"}
     assert [student_for_step(s, at) for s in (5, 10, 15, 20, 99)] == [None, "a", "a", "b", "b"]

@@ -16,9 +16,7 @@ accelerate every rank scores its share of each step's batches and rank 0 alone w
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +26,11 @@ import torch
 
 from opd_core import checkpoints, runs
 from opd_core.config import RunConfig, load_config
-from opd_core.distributed import DistInfo, barrier, broadcast_object, gather_object, init_from_env, shutdown
-from opd_core.rescoring.inputs import Rollout, RolloutInputError, RolloutSet, read_rollouts
+from opd_core.distributed import DistInfo, barrier, broadcast_object, gather_object
+from opd_core.rescoring.inputs import Rollout, RolloutSet, read_rollouts
 from opd_core.rescoring.output import (
     PARTS_DIR,
+    SCORING_FILE,
     ScoringError,
     manifest,
     merge_parts,
@@ -222,6 +221,29 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _request(rollouts, teacher: str, student: str, at: dict[int, str], objective: str, settings: list[str],
+             raw: bool, column_map: dict | None, batch_size: int) -> dict:
+    """The arguments of a scoring, as scoring.json keeps them: what `--resume` and a background job replay."""
+    source = None if isinstance(rollouts, RolloutSet) else str(Path(rollouts).resolve())
+    return {"rollouts": source, "teacher": teacher, "student": student,
+            "student_at": {str(k): str(Path(v).resolve()) for k, v in sorted(at.items())}, "objective": objective,
+            "settings": list(settings), "raw": raw, "column_map": dict(column_map or {}), "batch_size": batch_size}
+
+
+def _prepare(rollouts, teacher, student, student_at, objective, settings, raw, column_map, batch_size):
+    """Every check that can fail on the user's input, before anything is written."""
+    if batch_size < 1:
+        raise ScoringError(f"--batch-size {batch_size}: must be at least 1")
+    rs = rollouts if isinstance(rollouts, RolloutSet) else read_rollouts(rollouts, column_map)
+    at = parse_student_at(student_at)
+    cfg = scoring_config(teacher=teacher, student=student, objective=objective, settings=list(settings or []),
+                         steps=max(rs.steps))
+    info = manifest(rs, at, raw, batch_size)
+    info["request"] = _request(rollouts, teacher, student, at, objective, list(settings or []), raw, column_map,
+                               batch_size)
+    return rs, at, cfg, info
+
+
 def score_rollouts(rollouts: str | Path | RolloutSet, *, teacher: str, student: str,
                    student_at: list[str] | dict | None = None, objective: str = "sampled_token",
                    settings: list[str] | None = None, out: str | Path | None = None, runs_dir: str | Path = "runs",
@@ -234,23 +256,43 @@ def score_rollouts(rollouts: str | Path | RolloutSet, *, teacher: str, student: 
     before creating anything when the input, a checkpoint or a setting is wrong.
     """
     dist = dist or DistInfo()
-    if batch_size < 1:
-        raise ScoringError(f"--batch-size {batch_size}: must be at least 1")
-    rs = rollouts if isinstance(rollouts, RolloutSet) else read_rollouts(rollouts, column_map)
-    at = parse_student_at(student_at)
-    if rs.shape != "run" and not raw and any(r.messages is None and r.prompt is None for r in rs.rollouts):
-        raise RolloutInputError("rollouts carry no prompt text; map one with --map prompt=COL")
-    written = scoring_config(teacher=teacher, student=student, objective=objective, settings=list(settings or []),
-                             steps=max(rs.steps))
+    rs, at, written, info = _prepare(rollouts, teacher, student, student_at, objective, settings, raw, column_map,
+                                     batch_size)
     cfg = written
     if dist.enabled and torch.cuda.is_available() and cfg.device == "auto":
         cfg = cfg.replace(device=f"cuda:{dist.local_rank}")  # config.json keeps the user's "auto"
     run_dir = None
     if dist.is_main:
-        run_dir = open_run_dir(str(out) if out else None, str(runs_dir), name, written,
-                                manifest(rs, at, raw, batch_size))
+        run_dir = open_run_dir(str(out) if out else None, str(runs_dir), name, written, info)
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist))
     return _score_into(run_dir, rs, cfg, at, raw, batch_size, progress, log, dist)
+
+
+def prepare_job(rollouts: str | Path, *, teacher: str, student: str, student_at: list[str] | dict | None = None,
+                objective: str = "sampled_token", settings: list[str] | None = None, runs_dir: str | Path = "runs",
+                name: str | None = None, raw: bool = False, column_map: dict[str, str] | None = None,
+                batch_size: int = 8) -> Path:
+    """Check a scoring request and write its run directory as ``queued`` without scoring: a background job
+    (the launcher's child runs ``opd-lab score --resume RUN_DIR``). Raises the same one-line errors."""
+    _, _, cfg, info = _prepare(rollouts, teacher, student, student_at, objective, settings, raw, column_map,
+                               batch_size)
+    return open_run_dir(None, str(runs_dir), name, cfg, info)
+
+
+def is_scoring_run(run_dir: str | Path) -> bool:
+    """True for a run directory written by `opd-lab score` (it holds scoring.json)."""
+    return (Path(run_dir) / SCORING_FILE).is_file()
+
+
+def resume_scoring(run_dir: str | Path, *, progress: bool = False, log=print, dist: DistInfo | None = None,
+                   ) -> ScoreResult:
+    """Continue (or start) the scoring a run directory describes, with the arguments it was created with."""
+    request = (runs.read_json(Path(run_dir) / SCORING_FILE, None) or {}).get("request")
+    if not isinstance(request, dict) or not request.get("rollouts"):
+        raise ScoringError(f"{run_dir}: not a resumable scoring run (no scoring request in {SCORING_FILE}); "
+                           "run `opd-lab score` with its arguments and --out instead")
+    request = dict(request)
+    return score_rollouts(request.pop("rollouts"), **request, out=run_dir, progress=progress, log=log, dist=dist)
 
 
 def _score_into(run_dir: Path, rs: RolloutSet, cfg: RunConfig, at: dict[int, str], raw: bool, batch_size: int,
@@ -363,34 +405,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def score_from_cli(args) -> int:
-    """`opd-lab score`: check everything first (exit 2, no run dir), print the run dir, score, print throughput."""
-    from transformers.utils import logging as hf_logging
-
-    from opd_core.rescoring.inputs import parse_map
-
-    hf_logging.disable_progress_bar()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `runs stop` / the page's Stop: parts kept, state "stopped"
-    dist = init_from_env()
-    try:
-        result = score_rollouts(args.rollouts, teacher=args.teacher, student=args.student,
-                                student_at=args.student_at, objective=args.objective, settings=args.overrides,
-                                out=args.out, runs_dir=args.runs_dir, name=args.name, raw=args.raw,
-                                column_map=parse_map(args.map), batch_size=args.batch_size,
-                                progress=not args.no_progress, dist=dist,
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
-        if dist.is_main:
-            print(result.run_dir, flush=True)
-        return 0
-    except KeyboardInterrupt:
-        print("opd-lab: scoring stopped; run the same command again to continue", file=sys.stderr)
-        return 130
-    finally:
-        shutdown(dist)
-
-
-def _interrupt(signum, frame) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt
