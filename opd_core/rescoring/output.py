@@ -121,7 +121,8 @@ def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
     correct = per_sample["correct"].dropna()
     reward = per_sample["reward"].dropna()
     summary.update({
-        "step": step, "time_s": seconds, "loss": loss, "grad_norm": None, "lr": None, "tokens": n,
+        # Nothing was trained: no update was made (0.0, not null, which the health report reads as NaN).
+        "step": step, "time_s": seconds, "loss": loss, "grad_norm": 0.0, "lr": 0.0, "tokens": n,
         "tokens_per_s": None, "response_len": float(lengths.mean()) if len(lengths) else None,
         "responses": int(len(per_sample)),
         "train_accuracy": float(correct.astype(bool).mean()) if len(correct) else None,

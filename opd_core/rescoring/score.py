@@ -173,6 +173,17 @@ class Scorer:
             return list(r.response_ids)
         return self.pair.student(r.response, add_special_tokens=False)["input_ids"]
 
+    def _check_length(self, keys: list[str], responses: list[list[int]], batch: list[Rollout]) -> None:
+        """A sequence longer than the student's context would fail deep inside the model: say which one."""
+        limit = getattr(self.trainer.student.model.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        for key, resp, r in zip(keys, responses, batch):
+            n = len(self.pair.student_prompt_ids(key)) + len(resp)
+            if n > limit:
+                raise ScoringError(f"rollout {r.index} (step {r.step}): prompt + response is {n} student tokens, "
+                                   f"longer than the student's context of {limit}; drop or cut that row")
+
     @torch.no_grad()
     def score(self, step: int, offset: int, batch: list[Rollout]) -> pa.Table:
         """The per-token records of one batch, exactly as the loop builds them."""
@@ -181,7 +192,9 @@ class Scorer:
 
         t = self.trainer
         keys = [self.prompt_key(r) for r in batch]
-        sc = t.score(keys, [self.response_ids(r) for r in batch], grad=False)
+        responses = [self.response_ids(r) for r in batch]
+        self._check_length(keys, responses, batch)
+        sc = t.score(keys, responses, grad=False)
         out = t.objective(sc)
         grades = [Grade(bool(r.correct), True, None) for r in batch]
         texts = [t.student.tokenizer.decode(resp, skip_special_tokens=True) for resp in sc.responses]
