@@ -240,3 +240,14 @@ def test_scoring_shards_over_two_torchrun_ranks_and_rank0_writes_the_same_rows(t
     b = runs.read_tokens(tmp_path / "two").sort_values(KEY).reset_index(drop=True)
     assert len(a) == len(b) and not b.duplicated(KEY).any()
     np.testing.assert_allclose(b["teacher_logp"], a["teacher_logp"], atol=1e-5)
+
+
+def test_throughput_benchmark_quick_mode_prints_its_table(tmp_path, capsys):
+    from benchmarks import score_speed
+
+    assert score_speed.main(["--quick", "--threads", "1", "--cache-dir", str(tmp_path),
+                             "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["pair"] for r in rows] == ["toy-matched", "toy-mismatched"]
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert "| toy-matched | 16 |" in capsys.readouterr().out
