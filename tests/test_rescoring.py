@@ -224,15 +224,23 @@ def test_bad_student_checkpoint_fails_before_any_run_dir(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_scoring_shards_over_two_torchrun_ranks_and_rank0_writes_the_same_rows(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_scoring_shards_over_two_ranks_and_rank0_writes_the_same_rows(tmp_path, launcher):
+    from tests.test_accelerate_launch import _free_port
+
     args = ["-m", "opd_core", "score", str(ROLLOUTS / "plain.jsonl"), "--teacher", "toy:matched", "--student",
             "toy:matched", "--batch-size", "2", "--no-progress", "--runs-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--name", "one"], cwd=REPO, capture_output=True, text=True,
                          timeout=300, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *args, "--name", "two"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    start = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+             if launcher == "torchrun" else
+             [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port())])
+    two = subprocess.run([*start, *args, "--name", "two"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["one", "two"]
     assert runs.read_status(tmp_path / "two")["world_size"] == 2
