@@ -196,6 +196,12 @@ def test_readers_map_verl_trl_and_custom_columns(tmp_path):
                                 "completion": [{"role": "assistant", "content": "=2"}]}) + "\n")
     r = read_rollouts(conv).rollouts[0]
     assert r.messages == ({"role": "user", "content": "1+1"},) and r.response == "=2" and r.step == 1
+    wandb = tmp_path / "completions.table.json"  # TRL's W&B completions table, exported
+    wandb.write_text(json.dumps({"_type": "table", "columns": ["step", "prompt", "completion", "reward_len",
+                                                               "advantage"],
+                                 "data": [[3, "1+1", "=2", 0.5, 0.1], [3, "2+2", "=4", 1.0, -0.1]]}))
+    got = read_rollouts(wandb)
+    assert got.shape == "trl" and [r.reward for r in got.rollouts] == [0.5, 1.0] and got.steps == [3]
 
 
 def test_a_prepared_job_is_queued_then_scored_by_score_resume(tmp_path, capsys):

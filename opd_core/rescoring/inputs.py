@@ -12,8 +12,8 @@ Shapes recognised (first match wins; ``--map`` overrides any of them):
 - **verl** (``trainer.rollout_data_dir`` dumps, one ``<step>.jsonl`` per step): ``input``, ``output``,
   ``score``, ``step`` (+ ``gts`` and the reward function's extra keys, e.g. ``acc``).
 - **trl** (``<output_dir>/completions/completions_<step>.parquet`` of GRPO/RLOO/Distillation trainers
-  with ``log_completions=True``): ``step``, ``prompt``, ``completion`` (text or chat messages), the
-  reward functions' columns and ``advantage``.
+  with ``log_completions=True``, or the W&B ``completions`` table exported as JSON): ``step``,
+  ``prompt``, ``completion`` (text or chat messages), the reward functions' columns and ``advantage``.
 - **run**: an OPD Lab run directory (its token records): re-score what any producer logged, with the
   exact token ids, under another objective or other checkpoints.
 """
@@ -148,6 +148,9 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise RolloutInputError(f"{path}: not UTF-8 text (byte {exc.start}); pass a UTF-8 .jsonl file or a "
                                 ".parquet file") from None
     stripped = text.lstrip()
+    table = _wandb_table(stripped)
+    if table is not None:
+        return table
     if stripped.startswith("["):  # a .json file holding one array of objects
         try:
             rows = json.loads(stripped)
@@ -170,6 +173,20 @@ def _read_jsonl(path: Path) -> list[dict]:
             raise RolloutInputError(f"{path}: line {n} is a JSON {type(obj).__name__}, not an object; each line "
                                     "must be one object such as {\"prompt\": ..., \"response\": ...}")
     return [obj for _, obj in lines]
+
+
+def _wandb_table(text: str) -> list[dict] | None:
+    """Rows of a table exported from Weights & Biases (``{"columns": [...], "data": [[...], ...]}``): how TRL
+    versions that logged completions only to W&B (the ``completions`` table) can be read back."""
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(obj, dict) and isinstance(obj.get("columns"), list) and isinstance(obj.get("data"), list)):
+        return None
+    return [dict(zip(obj["columns"], row)) for row in obj["data"] if isinstance(row, list)]
 
 
 def _read_parquet(path: Path) -> list[dict]:
