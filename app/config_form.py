@@ -25,8 +25,8 @@ from opd_core.config import (
     from_dict,
     read_config_file,
 )
+from opd_core.config import LINEAGE_FIELDS as LINEAGE  # written by fork, never typed by hand
 
-LINEAGE = ("parent_run", "fork_step", "init_checkpoint")  # written by fork, never typed by hand
 GENERAL = "_general"  # key of an error that names no single field
 _FIELD_IN_MESSAGE = re.compile(r"config field '([A-Za-z_][A-Za-z0-9_.]*)'")
 

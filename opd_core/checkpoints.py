@@ -44,10 +44,23 @@ def latest(run_dir: str | Path) -> Path | None:
     return checkpoint_dir(run_dir, steps[-1]) if steps else None
 
 
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders of checkpoint saves a kill interrupted; returns what was removed."""
+    base = Path(run_dir) / CHECKPOINTS_DIR
+    if not base.is_dir():
+        return []
+    gone = [p for p in base.glob(".step_*") if p.is_dir() and not p.is_symlink()]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
 def save(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Path:
+    """Write a checkpoint atomically (temporary folder + rename); leftovers of killed saves are removed."""
     target = checkpoint_dir(run_dir, step)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -75,6 +88,16 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
                                 f"{list_checkpoints(ckpt.parent.parent)}")
     device = next(model.parameters()).device
     weights = load_file(str(ckpt / "student.safetensors"), device=str(device))
+    expected = model.state_dict()
+    wrong = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in weights]
+    if wrong or missing:
+        # One line instead of torch's dump of every mismatched tensor.
+        what = (f"{len(wrong)} tensor(s) differ in shape (first: {wrong[0]} is {list(weights[wrong[0]].shape)} "
+                f"in the checkpoint, {list(expected[wrong[0]].shape)} in the student)" if wrong
+                else f"{len(missing)} tensor(s) of the student are missing (first: {missing[0]})")
+        raise ValueError(f"checkpoint {ckpt} does not fit this student: {what}; fork or resume with the "
+                         "student model the checkpoint was trained from")
     model.load_state_dict(weights, strict=True)
     if optimizer is not None:
         extra = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False)

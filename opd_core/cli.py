@@ -8,10 +8,12 @@ failed, 2 bad input (a bad config, a missing path), with one line on stderr nami
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     score_command.add_arguments(sub.add_parser("score", help=score_command.HELP))
 
     p = sub.add_parser("report", help="print the health report of a run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory, or a run's name in --runs-dir or in the shipped sample runs")
+    p.add_argument("--runs-dir", default=os.environ.get("OPD_LAB_RUNS_DIR", DEFAULT_RUNS_DIR),
+                   help="where a run given by name is looked up first (default: ./runs)")
     p.add_argument("--json", action="store_true", help="write the findings as JSON")
 
     p = sub.add_parser("tokenizers", help="tokenizer tools")
@@ -164,15 +168,28 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from opd_core import runs
     from opd_core.diagnostics import format_report, health
 
-    if not runs.is_run_dir(args.run_dir):
-        raise CliError(f"{args.run_dir} is not a run directory (no config.json or status.json); "
-                       "pass the folder `opd-lab train` printed")
-    report = health(args.run_dir)
+    run_dir = _find_run(args.run_dir, getattr(args, "runs_dir", DEFAULT_RUNS_DIR))
+    report = health(run_dir)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report))
     return 0
+
+
+def _find_run(text: str, runs_dir: str) -> str:
+    """A run directory given as a path, or as a run's name in ``runs_dir`` or in the shipped sample runs."""
+    from opd_core import runs
+    from opd_core.samples import default_samples_dir
+
+    if runs.is_run_dir(text):
+        return text
+    if runs.is_run_name(text):
+        for base in (runs_dir, default_samples_dir()):
+            candidate = Path(base) / text
+            if runs.is_run_dir(candidate):
+                return str(candidate)
+    raise CliError(f"{text} is not a run directory (no config.json or status.json) nor a run name in "
+                   f"{runs_dir} or the sample runs; pass the folder `opd-lab train` printed")
 
 
 def _tokenizers(args: argparse.Namespace) -> int:
@@ -228,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return HANDLERS[args.command](args)
+        code = HANDLERS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except CliError as exc:
         print(f"opd-lab: error: {exc}", file=sys.stderr)
         return 2
@@ -238,6 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`opd-lab runs list | head`): stop quietly, as Unix tools do."""
+    # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 GROUPS = ("Models", "Task", "Objective", "Rollouts", "Optimisation", "Masking", "Logging")
-OBJECTIVE_PARAM_NAMES = ("gamma", "beta", "alpha", "k", "renormalize", "support", "tail_bucket", "clip_log_ratio",
-                         "mask_mode")
 
 
 class ConfigError(ValueError):
@@ -86,7 +86,7 @@ class RunConfig:
                             hi=10.0)
     top_p: float = _f(1.0, "Rollouts", "Nucleus sampling of rollouts (the fix: 0.9 keeps prefixes nearer the "
                       "teacher's support). 1.0 = off.", lo=0.0, lo_open=True, hi=1.0)
-    top_k: int = _f(0, "Rollouts", "Top-k sampling of rollouts; 0 = off.", lo=0)
+    top_k: int = _f(0, "Rollouts", "Top-k sampling of rollouts; 0 = off.", lo=0, hi=10_000_000)
     max_new_tokens: int = _f(32, "Rollouts", "Longest response, in student tokens.", lo=1, hi=32768)
     num_rollouts: int = _f(4, "Rollouts", "Responses sampled per prompt.", lo=1, hi=1024)
     prompts_per_step: int = _f(8, "Rollouts", "Prompts per training step (batch = prompts_per_step x num_rollouts).",
@@ -96,11 +96,12 @@ class RunConfig:
     learning_rate: float = _f(1e-4, "Optimisation", "AdamW learning rate (constant after warmup). On the toy "
                               "pair 1e-3 destabilises every sampled-token run; see EXPERIMENTS.md.", lo=0.0,
                               lo_open=True, hi=1.0)
-    warmup_steps: int = _f(0, "Optimisation", "Linear learning-rate warmup steps.", lo=0)
+    warmup_steps: int = _f(0, "Optimisation", "Linear learning-rate warmup steps.", lo=0, hi=10_000_000)
     weight_decay: float = _f(0.0, "Optimisation", "AdamW weight decay.", lo=0.0, hi=1.0)
-    max_grad_norm: float = _f(1.0, "Optimisation", "Clip the gradient norm to this; 0 = no clipping.", lo=0.0)
+    max_grad_norm: float = _f(1.0, "Optimisation", "Clip the gradient norm to this; 0 = no clipping.", lo=0.0,
+                              hi=1e6)
     seed: int = _f(0, "Optimisation", "Seed of prompts, sampling and initialisation; a run is reproducible from it.",
-                   lo=0)
+                   lo=0, hi=2**32 - 1)
     # Masking
     mask_special_tokens: bool = _f(False, "Masking", "The fix for failure mode 3: tokens whose meaning differs "
                                    "between the two tokenizers or templates carry no signal, and the student's EOS "
@@ -109,8 +110,9 @@ class RunConfig:
     mask_after_eos: bool = _f(True, "Masking", "Everything after the first EOS carries no signal.")
     # Logging
     log_tokens_every: int = _f(10, "Logging", "Write per-token records every N steps (0 = never; the first and "
-                               "last steps are always logged when N > 0).", lo=0)
-    log_samples: int = _f(0, "Logging", "Responses logged per logging step (0 = all of the step's).", lo=0)
+                               "last steps are always logged when N > 0).", lo=0, hi=10_000_000)
+    log_samples: int = _f(0, "Logging", "Responses logged per logging step (0 = all of the step's).", lo=0,
+                          hi=1_000_000)
     log_top_k: int = _f(8, "Logging", "Candidates kept per token for the inspector (teacher's and student's top-K).",
                         lo=1, hi=256)
     reference_rollouts: bool = _f(True, "Logging", "At logging steps, also log the teacher's own rollouts of the "
@@ -119,15 +121,17 @@ class RunConfig:
                           "teacher's top-p nucleus starts the `tokens_since_off_support` count.", lo=0.0,
                           lo_open=True, hi=1.0)
     eval_every: int = _f(50, "Logging", "Greedy eval on the task's eval split every N steps (0 = only at the end).",
-                         lo=0)
-    eval_size: int = _f(64, "Logging", "Eval prompts.", lo=1)
+                         lo=0, hi=10_000_000)
+    eval_size: int = _f(64, "Logging", "Eval prompts.", lo=1, hi=10_000)
     checkpoint_every: int = _f(50, "Logging", "Save student, optimizer and step every N steps (0 = only at the end "
-                               "and on stop). Resume and fork start from these.", lo=0)
+                               "and on stop). Resume and fork start from these.", lo=0, hi=10_000_000)
     # Lineage (written by fork; not set by hand)
-    parent_run: str | None = _f(None, "Logging", "Run this one was forked from (set by `opd-lab runs fork`).")
-    fork_step: int | None = _f(None, "Logging", "Checkpoint step of the parent this run starts from.")
+    parent_run: str | None = _f(None, "Logging", "Run this one was forked from (set by `opd-lab runs fork`).",
+                                lineage=True)
+    fork_step: int | None = _f(None, "Logging", "Checkpoint step of the parent this run starts from.", lo=0,
+                               lineage=True)
     init_checkpoint: str | None = _f(None, "Logging", "Checkpoint directory whose student weights and optimizer "
-                                     "this run starts from (set by fork).")
+                                     "this run starts from (set by fork).", lineage=True)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -149,6 +153,23 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
+# Fields written by fork, never typed by hand: declared once, by the ``lineage`` mark on the field.
+LINEAGE_FIELDS: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.metadata.get("lineage"))
+
+
+@functools.cache
+def objective_param_names() -> tuple[str, ...]:
+    """Every parameter name of a registered objective (settable at top level: ``--set k=16``)."""
+    from opd_core.objectives import get_objective, list_objectives
+
+    names = {p for o in list_objectives() for p in get_objective(o).param_specs}
+    return tuple(sorted(names - set(FIELDS)))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OBJECTIVE_PARAM_NAMES":  # from the objective registry, so a new parameter needs no edit here
+        return objective_param_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def field_docs() -> list[dict]:
@@ -175,13 +196,24 @@ def _coerce_number(name: str, value: Any, tp: type) -> int | float:
     what = "an integer" if tp is int else "a number"
     if not isinstance(value, bool):
         if isinstance(value, str):
+            parsed = None
             with contextlib.suppress(ValueError):
-                return tp(value)
+                parsed = float(value) if tp is float else int(value)
+            if parsed is not None:
+                return _finite(name, parsed) if tp is float else parsed
         elif tp is float and isinstance(value, int | float):
-            return float(value)
+            return _finite(name, float(value))
         elif tp is int and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             return int(value)
     raise ConfigError(f"config field '{name}': {value!r} is not {what}")
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        default = FIELDS[name].default if name in FIELDS else None
+        raise ConfigError(f"config field '{name}': {value!r} is not a finite number; give a number"
+                          + (f" (default {default!r})" if isinstance(default, float) else ""))
+    return value
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -281,7 +313,8 @@ def _check_task(value: str) -> None:
 def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
     """Build and validate a config; unknown fields, wrong types and out-of-range values are one-line errors."""
     if not isinstance(data, dict):
-        raise ConfigError("config must be a table/object of field = value pairs")
+        raise ConfigError(f"config must be a table/object of field = value pairs, not a {type(data).__name__}; "
+                          'write e.g. {"steps": 20}')
     data = dict(data)
     # Objective parameters may be given at top level (`--set k=16`, `gamma = 0.5`) for convenience.
     raw_params = data.pop("objective_params", None) or {}
@@ -294,14 +327,14 @@ def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
     if not isinstance(raw_params, dict):
         raise ConfigError(f"config field 'objective_params': {raw_params!r} is not a table of name = value")
     params = dict(raw_params)
-    for key in OBJECTIVE_PARAM_NAMES:
+    for key in objective_param_names():
         if key in data:
             params[key] = data.pop(key)
     unknown = [k for k in data if k not in FIELDS]
     if unknown:
         from difflib import get_close_matches
 
-        hint = get_close_matches(unknown[0], list(FIELDS) + list(OBJECTIVE_PARAM_NAMES), n=1)
+        hint = get_close_matches(unknown[0], list(FIELDS) + list(objective_param_names()), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise ConfigError(f"config field '{unknown[0]}' is not a known field{suggestion}; "
                           "see `docs/config.md` for the list")
@@ -347,6 +380,38 @@ def _validate_objective(name: str, params: dict) -> dict:
         raise ConfigError(f"config field 'objective_params': {exc}") from None
 
 
+def merge_config(data: dict, changes: dict | list[str] | tuple[str, ...]) -> dict:
+    """``data`` with ``changes`` (a dict, or ``--set`` strings) laid over it: the one place configs merge.
+
+    ``objective_params`` merge key by key, whichever form each side uses (a table, a JSON object
+    string as ``--set 'objective_params={"k": 4}'`` gives, or ``objective_params.k=4``).
+    """
+    if not isinstance(changes, dict):
+        changes = parse_overrides(list(changes))
+    out = dict(data)
+    extra = dict(changes)
+    if "objective_params" in extra:
+        out["objective_params"] = {**_params_table(out.get("objective_params")),
+                                   **_params_table(extra.pop("objective_params"))}
+    out.update(extra)
+    return out
+
+
+def _params_table(value: Any) -> dict:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"config field 'objective_params': {value!r} is not a JSON object; "
+                              'write e.g. {"k": 16} or set one parameter with --set k=16') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field 'objective_params': {value!r} is not a table of name = value; "
+                          'write e.g. {"k": 16}')
+    return dict(value)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """``["key=value", "objective_params.k=16"]`` -> a dict to merge over the file's fields."""
     out: dict[str, Any] = {}
@@ -356,7 +421,9 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         key = key.strip()
         if key.startswith("objective_params."):
-            out.setdefault("objective_params", {})[key.split(".", 1)[1]] = value
+            out["objective_params"] = {**_params_table(out.get("objective_params")), key.split(".", 1)[1]: value}
+        elif key == "objective_params":
+            out["objective_params"] = {**_params_table(out.get("objective_params")), **_params_table(value)}
         else:
             out[key] = value
     return out
@@ -374,13 +441,22 @@ def read_config_file(path: str | Path) -> dict:
             names = ", ".join(sorted(p.stem for p in examples.glob("*.toml")))
             raise ConfigError(f"config file {str(path)!r} does not exist; pass a .toml/.json file or a shipped "
                               f"example ({names})")
-    text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not {kind} text (not UTF-8 at byte {exc.start}); "
+                          "pass a .toml or .json config file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} holds a JSON {type(data).__name__}, not an object of "
+                          'field: value pairs; write e.g. {"steps": 20}')
+    return data
 
 
 def examples_dir() -> Path:
@@ -391,11 +467,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 check_paths: bool = True) -> RunConfig:
     """The config a run uses: the file (or defaults), then ``--set`` overrides, validated."""
     data = read_config_file(path) if path else {}
-    extra = parse_overrides(overrides or [])
-    if "objective_params" in extra:
-        data["objective_params"] = {**(data.get("objective_params") or {}), **extra.pop("objective_params")}
-    data.update(extra)
-    return from_dict(data, check_paths=check_paths)
+    return from_dict(merge_config(data, overrides or []), check_paths=check_paths)
 
 
 def config_reference_markdown() -> str:

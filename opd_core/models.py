@@ -99,7 +99,7 @@ def _wants_remote_code(path: Path) -> bool:
 def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
     if _wants_remote_code(path) and not trust_remote_code:
         raise ModelLoadError(f"{path}: this checkpoint needs its own Python code (auto_map in its config); "
-                             "pass trust_remote_code=True (--trust-remote-code) only if you trust its source")
+                             "set the config field trust_remote_code=true only if you trust its source")
 
 
 def _one_line(exc: Exception) -> str:
@@ -205,3 +205,52 @@ def load_pair(student: str, teacher: str, **kw) -> tuple[LoadedModel, LoadedMode
     """Load (student, teacher); each may be a folder or a preset name (its student / teacher side)."""
     return (load_model(resolve_model_path(student, "student"), **kw),
             load_model(resolve_model_path(teacher, "teacher"), **kw))
+
+
+# ----------------------------------------------------------------------------- pre-flight (before a run dir exists)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the pre-flight check learnt about a model argument without loading its weights."""
+
+    path: Path
+    vocab_size: int | None  # the tokenizer's vocabulary (None: checked later by the GGUF loader)
+    embedding_rows: int | None  # config.json's vocab_size
+    gguf: bool = False
+
+
+def preflight_model_source(spec: str, role: str = "student", *, trust_remote_code: bool = False) -> ModelSource:
+    """Check a student/teacher argument the way loading it would, without the weights: ModelLoadError if bad.
+
+    The folder exists; config.json is a readable JSON object; its own code is refused unless trusted;
+    a tokenizer is there and loads; it fits the embedding table. A ``.gguf`` file (or a folder holding
+    one) is accepted here and checked later by the GGUF loader.
+    """
+    path = resolve_model_path(spec, role).expanduser()
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file; give a .gguf file, a checkpoint folder or a toy preset")
+        return ModelSource(path, None, None, gguf=True)
+    _check_dir(path, "checkpoint", ("config.json",))
+    try:
+        config = json.loads((path / "config.json").read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}/config.json: not readable JSON ({_one_line(exc)}); re-save the "
+                             "checkpoint with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}/config.json: holds a {type(config).__name__}, not a JSON object; re-save "
+                             "the checkpoint with save_pretrained")
+    _check_remote_code(path, trust_remote_code)
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelLoadError(f"{path}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save the tokenizer "
+                             "into the checkpoint folder (tokenizer.save_pretrained)")
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    rows = config.get("vocab_size")
+    rows = rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
+    n = len(tokenizer)
+    if rows is not None and n > rows:
+        raise ModelLoadError(f"{path}: tokenizer has {n} tokens but config.json's vocab_size is {rows}; "
+                             "use the tokenizer saved with this checkpoint")
+    return ModelSource(path, n, rows)
+

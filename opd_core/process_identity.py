@@ -97,3 +97,74 @@ def may_signal(status: dict) -> tuple[int | None, str | None]:
     if start_ticks(pid) != recorded:
         return None, f"process {pid} is no longer the trainer (it exited and the pid was reused, or it is gone)"
     return pid, None
+
+
+# ----------------------------------------------------------------------------- one writer per run dir
+
+WRITER_LOCK = ".writer.lock"
+
+
+class RunBusyError(ValueError):
+    """Another live process is writing this run directory (it holds the run's writer lock)."""
+
+
+class WriterLock:
+    """The run's writer lock (``fcntl.flock`` on ``<run_dir>/.writer.lock``), held while training it.
+
+    The kernel drops the lock when the holder exits, however it exits (``kill -9`` included), so a
+    crashed trainer never leaves a run locked.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / WRITER_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> WriterLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = writer_pid(self.path.parent)
+            raise RunBusyError(
+                f"run {self.path.parent.name} is being written by another live trainer"
+                + (f" (pid {holder})" if holder and holder > 0 else "")
+                + f"; stop it first (`opd-lab runs stop {self.path.parent.name}`) or wait for it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def writer_pid(run_dir: str | Path) -> int | None:
+    """The pid holding the run's writer lock (-1 when unreadable), or None when no live process holds it."""
+    import fcntl
+
+    path = Path(run_dir) / WRITER_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return (as_pid(int(text)) if text.isdigit() else None) or -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

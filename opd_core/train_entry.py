@@ -10,6 +10,8 @@ They never start other runs: the queue is pumped by whoever launches, or by the 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ from pathlib import Path
 from opd_core import checkpoints, process_identity, runs
 from opd_core.config import ConfigError, RunConfig, from_dict, load_config
 from opd_core.distributed import DistInfo, broadcast_object, init_from_env, shutdown
+from opd_core.preflight import preflight
 from opd_core.train import NonFiniteError, Trainer
 
 
@@ -42,9 +45,23 @@ class _StopSignal:
 
 
 def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, dist: DistInfo | None = None) -> str:
-    """Run (or resume) the run whose config.json is in ``run_dir``; always leaves a truthful status."""
+    """Run (or resume) the run whose config.json is in ``run_dir``; always leaves a truthful status.
+
+    Holds the run's writer lock while it trains: a second trainer on the same run directory (a
+    `train --resume` of a live run) raises :class:`~opd_core.process_identity.RunBusyError` before
+    it writes anything.
+    """
     run_dir = Path(run_dir)
     dist = dist or DistInfo()
+    lock = process_identity.WriterLock(run_dir).acquire() if dist.is_main else None
+    try:
+        return _run_locked(run_dir, resume, progress, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(run_dir: Path, resume: bool, progress: bool, dist: DistInfo) -> str:
     trainer = None
     stop = _StopSignal()
     stop.install()
@@ -62,13 +79,14 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
             ckpt = Path(cfg.init_checkpoint)
         if ckpt is not None:
             start = checkpoints.load(ckpt, trainer.student.model, trainer.optimizer, trainer.scheduler)
-            if dist.is_main:
-                _drop_records_after(run_dir, start)
-                prev = runs.read_metrics(run_dir)
-                if "time_s" in prev and len(prev):
-                    time_offset = float(prev["time_s"].iloc[-1])
-        elif resume and dist.is_main:
-            _drop_records_after(run_dir, 0)
+        if dist.is_main:
+            # Whatever a killed process logged after the checkpoint is re-done, so forget it first; with no
+            # checkpoint the run restarts from nothing, step 0's eval included.
+            _drop_records_after(run_dir, start if start > 0 else -1)
+            checkpoints.remove_partial(run_dir)
+            prev = runs.read_metrics(run_dir)
+            if start and "time_s" in prev and len(prev) and prev["time_s"].notna().any():
+                time_offset = float(prev["time_s"].dropna().iloc[-1])
         return trainer.run(start_step=start, progress=progress, time_offset=time_offset)
     except Exception as exc:  # the run dir must say why it failed, whatever failed
         if trainer is not None:
@@ -83,11 +101,23 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
 
 
 def _drop_records_after(run_dir: Path, step: int) -> None:
-    """A resumed run re-does the steps after its checkpoint: forget what the lost process logged for them."""
+    """A resumed run re-does the steps after its checkpoint: forget what the lost process logged for them.
+
+    ``step=-1`` forgets everything (no checkpoint: the run starts over). Temporary token files a kill
+    left half-written are removed too.
+    """
     runs.truncate_metrics_after(run_dir, step)
     for s in runs.token_steps(run_dir):
         if s > step:
-            runs.token_file(run_dir, s).unlink(missing_ok=True)
+            path = runs.token_file(run_dir, s)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    tokens_dir = run_dir / runs.TOKENS_DIR
+    if tokens_dir.is_dir():
+        for tmp in tokens_dir.glob(".step_*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def train(cfg: RunConfig, runs_dir: str | Path = "runs", name: str | None = None, *, progress: bool = False) -> Path:
@@ -130,12 +160,16 @@ def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistI
         if not runs.is_run_dir(run_dir):
             raise ConfigError(f"--resume {resume!r} is not a run directory (no config.json); pass the folder "
                               "that `opd-lab train` printed")
+        _refuse_live(run_dir)
         return run_dir, True
     if config_path and Path(config_path).is_dir() and runs.is_run_dir(config_path):
         # A prepared run directory (the launcher's detached child): train it in place.
         run_dir = Path(config_path)
         return run_dir, checkpoints.latest(run_dir) is not None
     cfg = load_config(config_path, overrides)
+    preflight(cfg)  # models, task, device: a bad one is one line and no run directory
+    if name is not None:
+        runs.validate_run_id(name)
     run_dir = None
     if dist.is_main:
         run_dir = runs.create_run_dir(runs_dir, name, prefix=cfg.objective)
@@ -143,3 +177,18 @@ def _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist: DistI
         runs.write_status(run_dir, state="queued", step=0, total_steps=cfg.steps, created_at=time.time(),
                           **process_identity.identity())
     return Path(broadcast_object(str(run_dir) if run_dir else None, dist)), False
+
+
+def _refuse_live(run_dir: Path) -> None:
+    """`train --resume` of a run another trainer is writing (or one on another host) is refused."""
+    status = runs.read_status(run_dir)
+    if status.get("elsewhere") and status["state"] in runs.ACTIVE_STATES:
+        raise ConfigError(f"--resume {str(run_dir)!r}: the run is {status['state']} elsewhere (host "
+                          f"{status['elsewhere']}); resume it on that host")
+    holder = process_identity.writer_pid(run_dir)
+    live = status["state"] in runs.ACTIVE_STATES and status.get("pid") not in (None, os.getpid())
+    if holder is not None or live:
+        pid = holder if holder and holder > 0 else status.get("pid")
+        raise ConfigError(f"--resume {str(run_dir)!r}: the run is still being trained by process {pid}; stop it "
+                          f"first (`opd-lab runs stop {run_dir.name}`) or wait for it")
+

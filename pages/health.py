@@ -16,6 +16,8 @@ widgets.header("Health", "Which failure mode does this run suffer from? Each fin
 refs = widgets.runs_or_notice()
 run = widgets.pick_run(refs)
 report = widgets.guarded(run, state.health_report, run.path)
+for damage in getattr(report, "problems", None) or []:  # readers skip a damaged file and name it; say so here
+    st.warning(f"**{md(run.label)}**: {md(damage)}", icon=":material/broken_image:")
 findings = sorted(report.findings, key=lambda f: severity_rank(f.severity))
 
 counts = {s: sum(f.severity == s for f in findings) for s in SEVERITY}

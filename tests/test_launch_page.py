@@ -39,10 +39,9 @@ def fake_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     monkeypatch.setenv(launcher.ENV_TRAINER_CMD, f"{sys.executable} {script}")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    return model
+    from opd_core.toy.presets import resolve_pair
+
+    return resolve_pair("toy:matched")[0]  # passes the pre-flight check; the fake trainer never loads it
 
 
 def _page(name: str) -> AppTest:

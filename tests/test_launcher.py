@@ -74,11 +74,10 @@ runs.write_status(run_dir, state=state, step=step, finished_at=time.time())
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    """A folder that passes the config's checkpoint check (the fake trainer never loads it)."""
-    d = tmp_path / "model"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    return d
+    """A checkpoint folder that passes the pre-flight check (the fake trainer never loads it)."""
+    from opd_core.toy.presets import resolve_pair
+
+    return resolve_pair("toy:matched")[0]
 
 
 @pytest.fixture
@@ -316,7 +315,6 @@ def test_runs_are_found_again_by_a_fresh_process_after_a_restart(tmp_path: Path,
     monkeypatch.setenv("FAKE_STEP_S", "1.0")  # still running after a slow `runs list` on a loaded machine
     runs_dir = tmp_path / "runs"
     run_dir = launcher.launch(_config(model_dir, steps=60), runs_dir)
-    launcher._children.clear()  # forget our children, as a restarted dashboard would
     out = subprocess.run([sys.executable, "-m", "opd_core", "runs", "list", "--runs-dir", str(runs_dir),
                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
