@@ -106,7 +106,8 @@ def test_remote_code_is_refused_unless_turned_on(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError) as excinfo:
         load_model(tmp_path)
-    assert "trust_remote_code=True" in _message(excinfo)
+    # The config field is the switch; there is no --trust-remote-code flag to suggest (issue 17, defect 11).
+    assert "trust_remote_code=true" in _message(excinfo) and "--trust-remote-code" not in _message(excinfo)
 
 
 def test_tokenizer_without_eos_is_refused_with_the_fix(tmp_path):
