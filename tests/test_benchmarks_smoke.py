@@ -30,20 +30,29 @@ EXPECTED_ROWS = [
 ]
 
 
+DEFAULT_SECTIONS = ["step", "memory", "logging", "pages", "scaling"]
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """One quick run of every section (the default ones, then ``vocab``): one interpreter and one TRL import
+    for the whole module instead of one per section set."""
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--cache-dir", str(out / "cache"),
-                           "--json", str(out / "rows.json")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", *DEFAULT_SECTIONS, "vocab",
+                           "--cache-dir", str(out / "cache"), "--json", str(out / "rows.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads((out / "rows.json").read_text())
+    data = json.loads((out / "rows.json").read_text())
+    vocab = [r for r in data["rows"] if "random weights" in r["measurement"]]
+    default = [r for r in data["rows"] if "random weights" not in r["measurement"]]
+    return proc.stdout, {**data, "rows": default}, vocab, out / "cache"
 
 
 def test_quick_run_prints_one_table_row_per_measurement_and_none_failed(quick_run):
-    stdout, _ = quick_run
-    table = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| measurement")]
+    stdout = quick_run[0]
+    table = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| measurement")
+             and "random weights" not in line]
     assert len(table) == len(EXPECTED_ROWS), stdout
     for line, expected in zip(table, EXPECTED_ROWS):
         assert line.startswith(f"| {expected}"), (expected, line)
@@ -52,7 +61,7 @@ def test_quick_run_prints_one_table_row_per_measurement_and_none_failed(quick_ru
 
 
 def test_quick_run_writes_a_ratio_for_every_row_that_has_an_anchor(quick_run):
-    _, data = quick_run
+    data = quick_run[1]
     assert data["quick"] is True and len(data["rows"]) == len(EXPECTED_ROWS)
     for row in data["rows"]:
         assert row["met"] is None  # smoke sizes never claim a goal
@@ -83,20 +92,15 @@ def test_memory_case_is_shrunk_to_the_largest_batch_that_fits():
     assert fitting_batch(copies, 4, seq, vocab, int(need(1)) - 1) == 0
 
 
-def test_quick_vocab_section_prints_the_three_step_rows_at_the_larger_vocabulary(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "vocab", "--cache-dir",
-                           str(tmp_path / "cache"), "--json", str(tmp_path / "rows.json")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+def test_quick_vocab_section_prints_the_three_step_rows_at_the_larger_vocabulary(quick_run):
+    rows, cache = quick_run[2], quick_run[3]
     assert len(rows) == 3, rows
     for row, expected in zip(rows, EXPECTED_ROWS[:3]):
         assert row["measurement"].startswith(expected), (expected, row)
         assert "V=4,096, random weights" in row["measurement"], row
         assert not row["ours"].startswith("failed"), row
         assert row["ratio"] is not None and row["ratio"] > 0, row
-    assert (tmp_path / "cache" / "vocab-4096-v2" / "COMPLETE").exists()  # built under --cache-dir, not the repo
+    assert (cache / "vocab-4096-v2" / "COMPLETE").exists()  # built under --cache-dir, not the repo
 
 
 def test_synthetic_tokenizer_has_exactly_the_requested_size_and_a_working_chat_template():

@@ -197,12 +197,24 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path):
     (["--set", "objective=nope"], "unknown objective 'nope'"),
     (["--set", "student=/missing/model"], "'student': '/missing/model' is not a directory"),
 ])
-def test_bad_config_exits_2_with_one_line_and_creates_no_run_dir(tmp_path, args, needle):
-    result = _cli("train", "baseline", *args, "--runs-dir", str(tmp_path / "runs"))
-    assert result.returncode == 2
-    assert needle in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_bad_config_exits_2_with_one_line_and_creates_no_run_dir(tmp_path, capsys, args, needle):
+    # In-process (the CLI's own main): a python+torch process per case cost 5-10 s each; the next test
+    # checks that `python -m opd_core` turns the same return value into the process's exit status.
+    from opd_core import cli
+
+    assert cli.main(["train", "baseline", *args, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bad_config_from_the_command_line_exits_2_with_one_line(tmp_path):
+    result = _cli("train", "baseline", "--set", "tmeperature=1", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    assert "'tmeperature' is not a known field" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
