@@ -1,16 +1,30 @@
-"""The training loop's progress line: tqdm on a terminal, a plain line every 10% when writing to a log file."""
+"""How the training loop reports itself: the phase timer ``timed`` and the progress line (tqdm on a
+terminal, a plain line every 10% when writing to a log file)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block as ``timings[name]`` (seconds): the one timer of the loop."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start
 
 
 class ProgressBar:
-    """Shows step, loss, grad norm and (when measured) eval accuracy; silent when not enabled."""
+    """Shows step, loss, grad norm and (when measured) eval accuracy: a tqdm bar when enabled on a terminal,
+    else a plain line every 10% of the steps (what a log file wants)."""
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.total = total
-        self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
         self.done = start
         self.bar = None

@@ -12,12 +12,9 @@ resumed run continues exactly where the checkpoint left it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ import torch
 from opd_core import checkpoints, runs, stats
 from opd_core.config import ConfigError, RunConfig
 from opd_core.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, any_rank
+from opd_core.loop_records import Reference, Rollout, Scored, StepResult, Update
 from opd_core.objectives import (
     ObjectiveBatch,
     ObjectiveOutput,
@@ -36,10 +34,10 @@ from opd_core.objectives import (
 )
 from opd_core.objectives.chunked import token_logprob_stats
 from opd_core.pairing import TokenizerPair
-from opd_core.progress import ProgressBar
+from opd_core.progress import ProgressBar, timed
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table
-from opd_core.scoring import SequenceBatch, TeacherScores, build_batch, response_logits, score_teacher
+from opd_core.scoring import build_batch, response_logits, score_teacher
 
 DEFAULT_SUPPORT_K = stats.DEFAULT_SUPPORT_K
 
@@ -62,80 +60,6 @@ def cpu_threads(requested: int, *models: torch.nn.Module) -> int:
 
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2**31 - 1)
-
-
-@contextlib.contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Record the wall time of the block as ``timings[name]`` (seconds): the one timer of the loop."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = time.perf_counter() - start
-
-
-@dataclass
-class Rollout:
-    """One step's prompts and responses (student tokens), and who wrote the prefixes."""
-
-    prompts: list[str]
-    responses: list[list[int]]
-    source: str                  # "student" | "teacher"
-    examples: dict               # prompt -> task example (for grading)
-
-
-@dataclass
-class Scored:
-    """One batch after both forward passes: everything the objective and the logger read."""
-
-    prompts: list[str]
-    responses: list[list[int]]
-    batch: SequenceBatch
-    student_logits: torch.Tensor
-    teacher: TeacherScores
-    views: list
-    mask: torch.Tensor          # tokens that carry supervision
-    special: torch.Tensor
-    eos: torch.Tensor
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # why the others do not (schema.MASK_REASONS)
-
-
-@dataclass
-class Update:
-    """The objective's output and what the optimizer step did with it."""
-
-    out: ObjectiveOutput
-    loss: float                 # reduced over the global batch (all ranks)
-    grad_norm: float
-    lr: float
-    tokens: int
-
-
-@dataclass
-class Reference:
-    """The teacher's own rollouts for the step's prompts, scored like the student's (logging steps only)."""
-
-    scored: Scored
-    out: ObjectiveOutput
-    record: stats.TokenStats
-    grades: list
-    texts: list[str]
-
-
-@dataclass
-class StepResult:
-    """Everything one training step produced, for the metrics, the token records and the progress line."""
-
-    step: int
-    rollout: Rollout
-    scored: Scored
-    update: Update
-    timings: dict[str, float]
-
-    def metrics(self) -> dict:
-        u = self.update
-        return {"step": self.step, "loss": u.loss, "grad_norm": u.grad_norm, "lr": u.lr, "tokens": u.tokens,
-                "prefix_source": self.rollout.source, **self.timings}
 
 
 class Trainer:

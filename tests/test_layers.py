@@ -14,7 +14,7 @@ DASHBOARD = re.compile(r"^(streamlit|app|pages)(\.|$)")
 PROCESS_MANAGER = re.compile(r"^opd_core\.(launcher|launch|jobs)\w*(\.|$)")
 DIAGNOSTICS = re.compile(r"^opd_core\.diagnostics(\.|$)")
 # The training code: the loop and everything it runs or writes with (also the SDK and trainer bridges).
-TRAINING = re.compile(r"^opd_core/(train|loop\w*|stats\w*|run_writer|schema|scoring|rollout|logging_sdk|token_records|"
+TRAINING = re.compile(r"^opd_core/(train\w*|loop\w*|stats\w*|run_writer|schema|scoring|rollout|logging_sdk|sdk_writer|token_records|"
                       r"progress)\.py$|^opd_core/(objectives|integrations|stats|loop)/")
 # The command line is the front end that starts the dashboard and the process manager; the process
 # manager may import itself.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from opd_core.diagnostics.loading import bool_column, float_column, narrow, require_columns, source_is
+from opd_core.stats import topk_list_overlap
 
 COLUMNS: tuple[str, ...] = ("step", "prefix_source", "reference_only", "student_support_mass", "topk_overlap")
 _LIST_COLUMNS: tuple[str, ...] = ("teacher_topk_ids", "student_topk_ids", "student_topk_logps")
@@ -27,7 +29,8 @@ def _stack(column: pd.Series) -> np.ndarray | None:
 
 
 def _estimate_from_lists(tokens: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Overlap of the logged top-K id sets and the student's top-K mass that falls in the teacher's top-K.
+    """Overlap of the logged top-K id sets and the student's top-K mass that falls in the teacher's top-K
+    (``overlap_mass_student``, by ``stats.topk_list_overlap``).
 
     The mass is a lower bound of ``student_support_mass`` (the student's probability on teacher top-K
     tokens outside its own top-K is not logged); good enough to see a trend.
@@ -39,12 +42,11 @@ def _estimate_from_lists(tokens: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if teacher is None or student is None or student_lp is None or student.shape != student_lp.shape:
         return nan, nan
     overlap, mass = np.empty(len(tokens)), np.empty(len(tokens))
-    k = max(teacher.shape[1], 1)
     for start in range(0, len(tokens), _CHUNK):
         sl = slice(start, start + _CHUNK)
-        hit = (student[sl][:, :, None] == teacher[sl][:, None, :]).any(axis=2)
-        overlap[sl] = hit.sum(axis=1) / k
-        mass[sl] = np.where(hit, np.exp(student_lp[sl].astype(np.float64)), 0.0).sum(axis=1)
+        o, m, _ = topk_list_overlap(torch.from_numpy(student[sl]), torch.from_numpy(student_lp[sl].astype(np.float32)),
+                                    torch.from_numpy(teacher[sl]))
+        overlap[sl], mass[sl] = o.numpy(), m.numpy()
     return mass, overlap
 
 

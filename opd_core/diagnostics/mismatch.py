@@ -26,6 +26,7 @@ from opd_core.diagnostics.loading import (
     trained_mask,
     trained_rows,
 )
+from opd_core.stats import special_token_signal_share
 
 COLUMNS: tuple[str, ...] = ("step", "sample", "pos", "token", "teacher_token", "is_special", "is_eos", "masked",
                             "reference_only", "prefix_source", "student_logp", "teacher_logp", "log_ratio",
@@ -56,11 +57,19 @@ def _share(tokens: pd.DataFrame, select: np.ndarray) -> float:
 
 
 def special_signal_share(tokens: pd.DataFrame) -> float:
-    """Share of total |signal| carried by special tokens (chat markers, BOS/EOS): large means FM3."""
+    """Share of total |signal| carried by special tokens (flagged ``is_special`` or ``is_eos``): large means
+    FM3. The metric ``special_token_signal_share`` of the loop and the SDK, on a token table."""
     if len(tokens) == 0:
         return float("nan")
-    tokens = narrow(tokens, COLUMNS)
-    return _share(tokens, token_kind(tokens).to_numpy() == "special")
+    return _special_share(narrow(tokens, COLUMNS))
+
+
+def _special_share(tokens: pd.DataFrame) -> float:
+    keep = trained_mask(tokens)
+    if not keep.any():
+        return float("nan")
+    return special_token_signal_share(abs_signal(tokens), keep, bool_column(tokens, "is_special"),
+                                      bool_column(tokens, "is_eos"))
 
 
 def eos_signal_share(tokens: pd.DataFrame) -> float:
@@ -181,7 +190,7 @@ def summary(tokens: pd.DataFrame, alignment: dict | None = None) -> dict:
     out: dict = {"special_signal_share": float("nan"), "eos_signal_share": float("nan")}
     if len(tokens):
         special_all, eos_all = token_kind(tokens).to_numpy() == "special", eos_mask(tokens)
-        out.update(special_signal_share=_share(tokens, special_all), eos_signal_share=_share(tokens, eos_all))
+        out.update(special_signal_share=_special_share(tokens), eos_signal_share=_share(tokens, eos_all))
     not_reference = ~bool_column(tokens, "reference_only")
     rows = tokens[not_reference]
     if len(rows):

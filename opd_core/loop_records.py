@@ -1,0 +1,81 @@
+"""The typed records the phases of the training loop pass to each other (``opd_core.train``).
+
+Each phase of a step returns one of these and the next phase takes it as an argument: a
+:class:`Rollout` (prompts, responses, who wrote them), a :class:`Scored` batch (both forward passes
+and the masks), an :class:`Update` (the objective and the optimizer step), a :class:`Reference` (the
+teacher's own rollouts on logging steps) and the :class:`StepResult` that gathers a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opd_core.objectives import ObjectiveOutput
+from opd_core.scoring import SequenceBatch, TeacherScores
+from opd_core.stats import TokenStats
+
+
+@dataclass
+class Rollout:
+    """One step's prompts and responses (student tokens), and who wrote the prefixes."""
+
+    prompts: list[str]
+    responses: list[list[int]]
+    source: str                  # "student" | "teacher"
+    examples: dict               # prompt -> task example (for grading)
+
+
+@dataclass
+class Scored:
+    """One batch after both forward passes: everything the objective and the logger read."""
+
+    prompts: list[str]
+    responses: list[list[int]]
+    batch: SequenceBatch
+    student_logits: torch.Tensor
+    teacher: TeacherScores
+    views: list
+    mask: torch.Tensor          # tokens that carry supervision
+    special: torch.Tensor
+    eos: torch.Tensor
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # why the others do not (schema.MASK_REASONS)
+
+
+@dataclass
+class Update:
+    """The objective's output and what the optimizer step did with it."""
+
+    out: ObjectiveOutput
+    loss: float                 # reduced over the global batch (all ranks)
+    grad_norm: float
+    lr: float
+    tokens: int
+
+
+@dataclass
+class Reference:
+    """The teacher's own rollouts for the step's prompts, scored like the student's (logging steps only)."""
+
+    scored: Scored
+    out: ObjectiveOutput
+    record: TokenStats
+    grades: list
+    texts: list[str]
+
+
+@dataclass
+class StepResult:
+    """Everything one training step produced, for the metrics, the token records and the progress line."""
+
+    step: int
+    rollout: Rollout
+    scored: Scored
+    update: Update
+    timings: dict[str, float]
+
+    def metrics(self) -> dict:
+        u = self.update
+        return {"step": self.step, "loss": u.loss, "grad_norm": u.grad_norm, "lr": u.lr, "tokens": u.tokens,
+                "prefix_source": self.rollout.source, **self.timings}
