@@ -23,6 +23,16 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "special_token_signal_share", "eval_accuracy",
 )
 
+# Every metric opd_core.stats.step_metrics reduces from a step's tokens (a step omits the prefix source it
+# did not see); docs/diagnostics.md defines each.
+STEP_METRICS: tuple[str, ...] = (
+    "reverse_kl", "forward_kl", "reverse_kl_sampled", "response_len", "signal_gini", "signal_top1pct_share",
+    "special_token_signal_share", "negative_reward_share", "mean_log_ratio", "student_entropy",
+    "student_support_mass", "not_in_topk_ratio", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher",
+    "teachability", "masked_share", "eos_rate", "teacher_entropy_student_prefix",
+    "teacher_entropy_teacher_prefix",
+)
+
 # Keys every metrics.jsonl line of a training step carries (null when the trainer did not report them).
 REQUIRED_METRICS: tuple[str, ...] = ("step", "time_s", "loss", "grad_norm", "lr", "tokens")
 

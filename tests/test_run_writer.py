@@ -54,6 +54,7 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
     logging_step = trainer.step_metrics(sc, out, "student", [], record)
     every_step = trainer.step_metrics(sc, out, "student", [])  # the cheap fused pass of the other steps
     assert set(every_step) == set(logging_step)
+    assert set(logging_step) - {"train_accuracy"} <= set(STEP_METRICS)  # every name declared in the schema
     for key, value in every_step.items():
         assert (value is None) == (logging_step[key] is None), key
         if value is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from opd_core.schema import STEP_METRICS  # noqa: F401 - the names step_metrics returns, declared with the schema
 from opd_core.stats.record import TokenStats
 
 
@@ -139,13 +140,3 @@ def step_metrics(stats: TokenStats, *, trained: Tensor, real: Tensor, special: T
         if rows.any():
             out[f"teacher_entropy_{source}_prefix"] = _means({"e": stats.teacher_entropy}, real & rows[:, None])["e"]
     return out
-
-
-STEP_METRICS: tuple[str, ...] = (
-    "reverse_kl", "forward_kl", "reverse_kl_sampled", "response_len", "signal_gini", "signal_top1pct_share",
-    "special_token_signal_share", "negative_reward_share", "mean_log_ratio", "student_entropy",
-    "student_support_mass", "not_in_topk_ratio", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher",
-    "teachability", "masked_share", "eos_rate", "teacher_entropy_student_prefix",
-    "teacher_entropy_teacher_prefix",
-)
-"""Every metric :func:`step_metrics` can return (a step omits the prefix source it did not see)."""
