@@ -48,10 +48,11 @@ class Update:
     """The objective's output and what the optimizer step did with it."""
 
     out: ObjectiveOutput
-    loss: float                 # reduced over the global batch (all ranks)
+    loss: float                 # the objective's value (out.value) reduced over the global batch: the logged loss
     grad_norm: float
     lr: float
     tokens: int
+    surrogate_loss: float = float("nan")  # the differentiated out.loss, reduced the same way
 
 
 @dataclass
@@ -77,5 +78,5 @@ class StepResult:
 
     def metrics(self) -> dict:
         u = self.update
-        return {"step": self.step, "loss": u.loss, "grad_norm": u.grad_norm, "lr": u.lr, "tokens": u.tokens,
-                "prefix_source": self.rollout.source, **self.timings}
+        return {"step": self.step, "loss": u.loss, "surrogate_loss": u.surrogate_loss, "grad_norm": u.grad_norm,
+                "lr": u.lr, "tokens": u.tokens, "prefix_source": self.rollout.source, **self.timings}

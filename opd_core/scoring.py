@@ -75,13 +75,20 @@ class TeacherScores:
 
 
 @torch.no_grad()
-def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch: SequenceBatch) -> TeacherScores:
-    """Run the teacher over its own reading of each response (see ``opd_core.pairing``)."""
+def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch: SequenceBatch,
+                  temperature: float = 1.0) -> TeacherScores:
+    """Run the teacher over its own reading of each response (see ``opd_core.pairing``).
+
+    ``temperature`` divides the teacher's logits before anything is derived from them (the run's
+    ``score_temperature``), so its log-probs are those of softmax(z / temperature) in its own vocabulary.
+    """
     device = student_batch.response_ids.device
     B, T = student_batch.response_ids.shape
     t_batch = build_batch([v.prompt_ids for v in views], [v.response_ids for v in views], pair.teacher_pad_id,
                           device)
     t_logits = response_logits(teacher, t_batch, len(pair.teacher))
+    if temperature != 1.0:
+        t_logits = t_logits / temperature
     if pair.shared and t_logits.shape[1] == T:
         lp = token_logprobs(t_logits, student_batch.response_ids).float()
         return TeacherScores(lp.masked_fill(~student_batch.response_mask, 0.0), t_logits,

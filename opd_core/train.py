@@ -29,6 +29,7 @@ from opd_core.objectives import (
     ObjectiveOutput,
     TeacherNeeds,
     compute_objective,
+    entropy_gate,
     get_objective,
     reduce_loss,
 )
@@ -146,10 +147,13 @@ class Trainer:
         prompt_ids = [self.pair.student_prompt_ids(p) for p in prompts]
         batch = build_batch(prompt_ids, responses, self.pair.student_pad_id, self.device)
         views = [self.pair.teacher_view(p, r) for p, r in zip(prompts, responses)]
+        tau = self.cfg.score_temperature_value  # both models scored at softmax(z / tau) (docs/objectives.md)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
             with torch.set_grad_enabled(grad):
                 s_logits = response_logits(self.student.model, batch, self.pair.student_vocab_size)
-            t_scores = score_teacher(self.pair, self.teacher.model, views, batch)
+                if tau != 1.0:
+                    s_logits = s_logits / tau
+            t_scores = score_teacher(self.pair, self.teacher.model, views, batch, temperature=tau)
         ids, real = batch.response_ids, batch.response_mask
         eos = torch.isin(ids, self._id_tensor(self.pair.student_eos_ids)) & real
         special = torch.isin(ids, self._id_tensor(self.pair.special_ids)) & real
@@ -161,6 +165,10 @@ class Trainer:
         mask = real.clone()
         for m in masks.values():
             mask &= ~m
+        if self.cfg.entropy_top_ratio < 1.0:  # the seed recipe: train on each response's most uncertain tokens
+            entropy = token_logprob_stats(s_logits.detach(), ids, top_k=0, chunk_tokens=None)["entropy"]
+            kept = entropy_gate(entropy, mask, self.cfg.entropy_top_ratio)
+            masks["entropy_gate"], mask = mask & ~kept, kept
         return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special, eos, masks)
 
     def _id_tensor(self, ids) -> torch.Tensor:
@@ -181,13 +189,22 @@ class Trainer:
             ob.teacher_sampled_logp = sc.teacher.sampled_logp
         return compute_objective(self.cfg.objective, ob, **self.params)
 
-    def reduce(self, step: int, sc: Scored, out: ObjectiveOutput) -> tuple[torch.Tensor, int]:
-        """The loss over the global batch: divided by all ranks' unmasked tokens, never a mean of means."""
+    def reduce(self, step: int, sc: Scored, out: ObjectiveOutput) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss to differentiate, objective value to log, global token count) over the global batch.
+
+        ``loss_reduction``: ``token_mean`` divides by all ranks' unmasked tokens; ``sequence_mean`` averages
+        each response's token mean over all ranks' responses. The value is reduced the same way.
+        """
         n_tokens = int(all_reduce_sum(sc.mask.sum().to(torch.float64), self.dist))
-        loss = reduce_loss(out.loss, sc.mask, num_tokens=max(n_tokens, 1))
+        n_seqs = None
+        if self.cfg.loss_reduction == "sequence_mean":
+            rows = torch.tensor(float(sc.mask.shape[0]), dtype=torch.float64, device=self.device)
+            n_seqs = int(all_reduce_sum(rows, self.dist))
+        how = dict(num_tokens=max(n_tokens, 1), reduction=self.cfg.loss_reduction, num_sequences=n_seqs)
+        loss = reduce_loss(out.loss, sc.mask, **how)
         self._check_finite(step, "loss", loss, "a log-probability of -inf reached the objective (a token the "
                            "teacher gives zero probability: try objective=topk_support or mask_special_tokens=true)")
-        return loss, n_tokens
+        return loss, reduce_loss(out.value, sc.mask, **how), n_tokens
 
     def optimizer_step(self, step: int, loss: torch.Tensor, n_tokens: int) -> tuple[float, float]:
         """Backward, all-reduce, clip and step; returns (grad norm before clipping, learning rate used)."""
@@ -221,11 +238,14 @@ class Trainer:
                            "NaN (broken weights or an fp16 overflow: try dtype=float32)")
         with timed(timings, "t_objective"):
             out = self.objective(sc)
-            loss, n_tokens = self.reduce(step, sc, out)
+            loss, value, n_tokens = self.reduce(step, sc, out)
         with timed(timings, "t_optimizer"):
             grad_norm, lr = self.optimizer_step(step, loss, n_tokens)
-        global_loss = float(all_reduce_sum(loss.detach().clone(), self.dist))
-        return StepResult(step, rollout, sc, Update(out, global_loss, grad_norm, lr, n_tokens), timings)
+        # each rank divided by the global count, so the sums are the global numbers
+        global_value = float(all_reduce_sum(value.detach().clone(), self.dist))
+        surrogate = float(all_reduce_sum(loss.detach().clone(), self.dist))
+        update = Update(out, global_value, grad_norm, lr, n_tokens, surrogate_loss=surrogate)
+        return StepResult(step, rollout, sc, update, timings)
 
     @staticmethod
     def _check_finite(step: int, name: str, t: torch.Tensor, cause: str) -> None:
@@ -254,7 +274,9 @@ class Trainer:
         return stats.dense_token_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
                                        sc.teacher.sampled_logp, aligned=sc.teacher.aligned, support_k=self.support_k,
                                        log_top_k=self.cfg.log_top_k, rollout_top_p=self.cfg.top_p,
-                                       rollout_temperature=self.cfg.temperature, nucleus_p=self.cfg.nucleus_p,
+                                       # the logits are already z / tau; the rollout sampled softmax(z / T)
+                                       rollout_temperature=self.cfg.temperature / self.cfg.score_temperature_value,
+                                       nucleus_p=self.cfg.nucleus_p,
                                        signal=out.signal, token_loss=out.loss)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:

@@ -71,3 +71,11 @@ def test_the_form_sees_typed_documented_fields():
     for name in ("entropy_top_ratio", "score_temperature", "loss_reduction"):
         assert docs[name]["group"] == "Objective" and docs[name]["help"]
         assert "check" not in docs[name]
+
+
+def test_seed_teacher_topk_preset_is_the_seed_readme_recipe():
+    cfg = load_config("seed_teacher_topk")
+    assert cfg.objective == "topk_support" and cfg.objective_params["k"] == 32
+    assert cfg.objective_params["renormalize"] is True and cfg.objective_params["support"] == "teacher_topk"
+    assert (cfg.entropy_top_ratio, cfg.loss_reduction, cfg.score_temperature) == (0.2, "sequence_mean", "rollout")
+    assert cfg.top_p == 0.9
