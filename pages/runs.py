@@ -77,3 +77,45 @@ widgets.chart(charts.metrics_overview_figure(metrics, ["loss", "eval_accuracy", 
               "Each panel is one metric over training steps; eval accuracy is logged every eval_every steps.")
 with st.expander("Full configuration"):
     st.json(summary.config if isinstance(summary.config, dict) else {})
+
+with st.expander("Score rollouts saved by another trainer (verl, TRL, JSONL)", icon=":material/playlist_add_check:"):
+    # Imports kept inside: this section is the Runs page's one engine action (issue #19).
+    from app.sources import run_sources
+    from opd_core import launcher, rescoring
+    from opd_core.objectives import list_objectives
+
+    K = "score_rollouts:"
+    st.caption("Re-score a run that already happened: the rollouts a trainer saved (a file or folder on the machine "
+               "running this dashboard) are scored by the teacher and the student checkpoint of each step, into a "
+               "run like any other. It runs in the background like a launched training run; docs/integrations.md "
+               "section 4 lists the flags that make verl and TRL save them.")
+    with st.form("score_rollouts"):
+        source = st.text_input("Rollouts file or folder", placeholder="/data/run1/rollouts", key=K + "source")
+        c = st.columns(2)
+        teacher = c[0].text_input("Teacher (checkpoint folder or toy preset)", "toy:matched", key=K + "teacher")
+        student = c[1].text_input("Student (scores the steps without a checkpoint below)", "toy:matched",
+                                  key=K + "student")
+        student_at = st.text_area("Student checkpoint per step (optional): STEP=FOLDER, one per line",
+                                  key=K + "student_at")
+        c = st.columns(3)
+        objective = c[0].selectbox("Objective (defines the signal)", list_objectives(), key=K + "objective")
+        settings = c[1].text_input("Settings (key=value, comma-separated)", placeholder="k=32, top_p=0.9",
+                                   key=K + "settings")
+        columns = c[2].text_input("Columns, if not recognised", placeholder="prompt=question,response=answer",
+                                  key=K + "columns")
+        raw = st.checkbox("Prompts are already rendered (no chat template)", key=K + "raw")
+        name = st.text_input("Run name (optional)", key=K + "name")
+        submitted = st.form_submit_button("Score rollouts", icon=":material/play_arrow:", key=K + "go")
+    if submitted:
+        runs_dir = run_sources()["runs"]
+        try:
+            job = rescoring.prepare_job(source.strip(), teacher=teacher.strip(), student=student.strip(),
+                                        student_at=rescoring.split_items(student_at), objective=objective,
+                                        settings=rescoring.split_items(settings),
+                                        column_map=rescoring.parse_map(columns), raw=raw, runs_dir=runs_dir,
+                                        name=name.strip() or None)
+            launcher.pump(runs_dir)
+            st.success(f"Scoring started in the background as run {md(job.name)}; it joins the table above as it "
+                       "writes its steps.", icon=":material/check_circle:")
+        except ValueError as exc:
+            st.error(md(str(exc)), icon=":material/error:")

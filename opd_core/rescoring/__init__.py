@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"Rollout": "inputs", "RolloutInputError": "inputs", "RolloutSet": "inputs", "parse_map": "inputs",
-            "read_rollouts": "inputs", "ScoreResult": "score", "ScoringError": "score", "score_rollouts": "score",
+            "read_rollouts": "inputs", "split_items": "inputs", "ScoreResult": "score", "ScoringError": "score", "score_rollouts": "score",
             "prepare_job": "score", "resume_scoring": "score", "is_scoring_run": "score"}
 __all__ = sorted(_EXPORTS)
 

@@ -86,6 +86,11 @@ def parse_map(spec: str | list[str] | None) -> dict[str, str]:
     return out
 
 
+def split_items(text: str | None) -> list[str]:
+    """A form field of several values ("k=32, top_p=0.9" or one per line) -> ["k=32", "top_p=0.9"]."""
+    return [item.strip() for line in (text or "").splitlines() for item in line.split(",") if item.strip()]
+
+
 _SHAPES: tuple[tuple[str, dict[str, str]], ...] = (
     ("run", {}),
     ("verl", {"prompt": "input", "response": "output", "reward": "score", "correct": "acc"}),

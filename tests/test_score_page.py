@@ -1,0 +1,60 @@
+"""The Runs page's "Score rollouts" action: a bad request says why inline; a good one becomes a background run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from opd_core import launcher, runs
+
+REPO = Path(__file__).resolve().parents[1]
+K = "score_rollouts:"
+
+
+@pytest.fixture
+def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[AppTest, Path]:
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("OPD_LAB_RUNS_DIR", str(d))
+    monkeypatch.setenv("OPD_LAB_SAMPLE_RUNS", str(REPO / "sample_runs"))  # the page needs a run to list
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv(launcher.ENV_TRAINER_CMD, raising=False)
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(str(REPO / "pages" / "runs.py"), default_timeout=90)
+    at.run()
+    assert not at.exception
+    return at, d
+
+
+def _submit(at: AppTest, **values: str) -> None:
+    for name, value in values.items():
+        widget = at.text_area(key=K + name) if name == "student_at" else at.text_input(key=K + name)
+        widget.set_value(value)
+    at.button(key=K + "go").click().run()
+
+
+def test_a_file_without_a_response_column_is_refused_inline_and_makes_no_run(page, tmp_path):
+    at, runs_dir = page
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1"}\n')
+    _submit(at, source=str(bad))
+    assert any("no response column" in e.value for e in at.error)
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_scoring_shipped_rollouts_runs_in_the_background_to_a_valid_run(page):
+    at, runs_dir = page
+    _submit(at, source=str(REPO / "examples" / "rollouts" / "chat.jsonl"), name="page-score")
+    assert not at.error and any("page-score" in s.value for s in at.success)
+    run = runs_dir / "page-score"
+    deadline = time.time() + 240
+    while runs.read_status(run)["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+        launcher.pump(runs_dir)
+    status = runs.read_status(run)
+    assert status["state"] == "finished", (status, (run / runs.LOG_FILE).read_text()[-2000:])
+    assert runs.validate_run_dir(run) == [] and runs.token_steps(run) == [1, 2]
+    assert "score" in (run / runs.LOG_FILE).read_text()  # the launcher started `opd_core score --resume`
