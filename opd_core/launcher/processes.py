@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from opd_core import process_identity, runs
+from opd_core.rescoring.output import SCORING_FILE
 from opd_core.run_watch import log_tail
 
 ENV_TRAINER_CMD = "OPD_LAB_TRAINER_CMD"  # test seam / custom launchers: the command a run dir is appended to
@@ -25,6 +26,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def trainer_command(run_dir: Path) -> list[str]:
     """The detached child's command line: the engine's trainer on a prepared run directory."""
+    if (run_dir / SCORING_FILE).is_file():  # a re-scoring job (`opd-lab score`): it continues its own request
+        return [sys.executable, "-m", "opd_core", "score", "--no-progress", "--resume", str(run_dir)]
     custom = os.environ.get(ENV_TRAINER_CMD)
     base = shlex.split(custom) if custom else [sys.executable, "-m", "opd_core", "train", "--no-progress"]
     return [*base, str(run_dir)]

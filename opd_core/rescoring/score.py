@@ -289,7 +289,10 @@ def prepare_job(rollouts: str | Path, *, teacher: str, student: str, student_at:
     (the launcher's child runs ``opd-lab score --resume RUN_DIR``). Raises the same one-line errors."""
     _, _, cfg, info = _prepare(rollouts, teacher, student, student_at, objective, settings, raw, column_map,
                                batch_size)
-    return open_run_dir(None, str(runs_dir), name, cfg, info)
+    run_dir = open_run_dir(None, str(runs_dir), name, cfg, info)
+    # queued_at and no pid: what the launcher's queue takes (a run dir the CLI scores itself has neither).
+    runs.write_status(run_dir, queued_at=time.time(), pid=None)
+    return run_dir
 
 
 def is_scoring_run(run_dir: str | Path) -> bool:
