@@ -14,6 +14,25 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 
+class NonFiniteSamplingError(RuntimeError):
+    """The sampled model's next-token probabilities are NaN/inf: names the tensor and the likely cause.
+
+    Raised instead of the sampler's own "probability tensor contains either inf, nan or element < 0",
+    which says nothing about which model, which weights or what to change.
+    """
+
+
+def _non_finite_cause(model: PreTrainedModel) -> str:
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    dtype = next(model.parameters()).dtype
+    if bad:
+        more = f" (and {len(bad) - 1} other tensor(s))" if len(bad) > 1 else ""
+        return (f"the student's weights hold NaN/inf: parameter {bad[0]!r}{more}; likely cause: a diverged update "
+                "(a lower learning_rate, max_grad_norm=1.0 and dtype=float32) or a damaged checkpoint")
+    return (f"the logits overflowed in {str(dtype).removeprefix('torch.')} with finite weights; likely cause: "
+            "float16 range (use dtype=float32 or bfloat16)")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How responses are drawn. ``greedy`` ignores the other knobs (used for eval)."""
@@ -84,7 +103,13 @@ def sample_responses(
         for start in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[start:start + batch_size]
             ids, mask = left_pad(chunk, pad_id, device)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            try:
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            except RuntimeError as exc:
+                if "probability tensor contains" not in str(exc):
+                    raise
+                raise NonFiniteSamplingError("rollout sampling: next-token probabilities contain NaN/inf; "
+                                             + _non_finite_cause(model)) from None
             for row in out[:, ids.shape[1]:].tolist():
                 resp, done = cut_at_eos(row, eos)
                 responses.append(resp)

@@ -24,6 +24,7 @@ from opd_core import checkpoints, process_identity, runs
 from opd_core.config import ConfigError, RunConfig, from_dict, load_config
 from opd_core.distributed import DistInfo, broadcast_object, init_from_env, shutdown
 from opd_core.preflight import preflight
+from opd_core.rollout import NonFiniteSamplingError
 from opd_core.train import NonFiniteError, Trainer
 
 
@@ -63,6 +64,7 @@ def run_in_dir(run_dir: Path, *, resume: bool = False, progress: bool = True, di
 
 def _run_locked(run_dir: Path, resume: bool, progress: bool, dist: DistInfo) -> str:
     trainer = None
+    start = 0
     stop = _StopSignal()
     stop.install()
     try:
@@ -93,6 +95,9 @@ def _run_locked(run_dir: Path, resume: bool, progress: bool, dist: DistInfo) -> 
             with contextlib.suppress(Exception):  # the original error is the one to report
                 trainer.flush_tokens()
         message = str(exc) if isinstance(exc, NonFiniteError | ValueError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NonFiniteSamplingError):  # the sampler does not know the step: the metrics do
+            done = list(runs.read_metrics(run_dir)["step"]) if dist.is_main else []
+            message = f"step {int(max([*done, start])) + 1}: {exc}"
         if dist.is_main:
             runs.write_status(run_dir, state="failed", error=message, finished_at=time.time())
         print(traceback.format_exc(), file=sys.stderr)
