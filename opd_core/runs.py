@@ -303,7 +303,7 @@ def read_status(run_dir: str | Path, problems: list[str] | None = None) -> dict:
         status = {"state": "failed" if (damage or has_metrics) else "queued", "error": error}
     status = _clean_status(status, problems)
     status["stale"] = False
-    status["elsewhere"] = process_identity.elsewhere(status)
+    status["elsewhere"] = process_identity.elsewhere(status) if status["state"] in ACTIVE_STATES else None
     active = status["state"] == "running" or (status["state"] == "queued" and status.get("pid") is not None)
     if active and not status["elsewhere"] and not process_identity.alive(status.get("pid"), status.get("pid_start")):
         seen = status.get("updated_at")

@@ -307,7 +307,8 @@ def test_a_child_that_crashes_at_start_up_reports_its_last_output_line(
     _wait(run_dir, ("failed",))
     launcher.pump(run_dir.parent)  # the pump (every page refresh) settles what the crash left behind
     status = runs.read_status(run_dir)
-    assert "exited with code 3" in status["error"] and "failed on purpose" in status["error"]
+    # The exit code when this process could collect it; the child's last output line in any case.
+    assert "failed on purpose" in status["error"], status["error"]
 
 
 def test_runs_are_found_again_by_a_fresh_process_after_a_restart(tmp_path: Path, model_dir: Path,

@@ -86,7 +86,12 @@ def exit_code(pid: object) -> int | None:
 
 
 def _last_log_line(run_dir: Path) -> str | None:
-    lines = [ln for ln in log_tail(run_dir, 30).splitlines() if ln.strip()]
+    """The last error line (else the last line) the latest start of the trainer printed."""
+    tail = log_tail(run_dir, 30)
+    marker = tail.rfind("\n=== ")
+    if marker >= 0:  # only what the latest start printed, not an earlier attempt's output
+        _, _, tail = tail[marker + 1:].partition("\n")
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
     return (errors or lines or [None])[-1]
 
@@ -106,11 +111,16 @@ def settle(run_dir: Path, status: dict) -> None:
         runs.write_status(run_dir, state="stopped", error=None, finished_at=time.time())
         return
     code = exit_code(status.get("pid"))
+    line = _last_log_line(run_dir)
     if code is not None and code > 0:  # our child crashed (not killed): say what it printed
-        line = _last_log_line(run_dir)
         runs.write_status(run_dir, state="failed", finished_at=time.time(),
                           error=f"trainer exited with code {code}" + (f": {line}" if line else "") +
                                 f" (full output in {runs.LOG_FILE})")
+    elif code is None and line and not runs.read_json(run_dir / runs.STATUS_FILE, {}).get("error"):
+        # Not our child, or its exit code was collected elsewhere: its last words still say why.
+        runs.write_status(run_dir, state="failed", finished_at=time.time(),
+                          error=f"trainer process {status.get('pid')} is gone; its last output: {line} "
+                                f"(full output in {runs.LOG_FILE})")
 
 
 def signal_trainer(status: dict, signum: int = signal.SIGTERM) -> tuple[bool, str | None]:
