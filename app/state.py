@@ -32,7 +32,8 @@ INSPECTOR_COLUMNS = ("step", "sample", "pos", "token_id", "token", "is_special",
                      "in_student_topp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
                      "student_topk_logps", "teacher_topk_tokens", "student_topk_tokens", "signal", "token_loss",
                      "drift", "tokens_since_off_support", "prefix_wrong", "student_support_mass", "topk_overlap",
-                     "teacher_token", "reference_only", "response_text", "prompt", "correct", "reward", "format_ok")
+                     "teacher_token", "reference_only", "response_text", "prompt", "correct", "reward", "format_ok",
+                     "teacher_pieces", "token_raw", "aligned")
 DEFAULT_STEP_WINDOW = 8
 
 
@@ -67,6 +68,17 @@ def _metrics(path: str, stamp: tuple) -> pd.DataFrame:
 def metrics(run_dir: str | Path) -> pd.DataFrame:
     """All per-step metrics of a run (re-read only when metrics.jsonl changes)."""
     return _metrics(str(run_dir), _stamp(Path(run_dir) / runs.METRICS_FILE))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _config(path: str, stamp: tuple) -> dict:
+    config = runs.read_config(path)
+    return config if isinstance(config, dict) else {}
+
+
+def config(run_dir: str | Path) -> dict:
+    """The run's config.json as a dict (empty when it is missing or not an object)."""
+    return _config(str(run_dir), _stamp(Path(run_dir) / runs.CONFIG_FILE))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

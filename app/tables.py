@@ -155,3 +155,47 @@ def special_token_table(specials: Mapping) -> pd.DataFrame:
         rows.append({"role": role.replace("_", " "), "student": left, "teacher": right,
                      "same": "yes" if left == right else "no"})
     return pd.DataFrame(rows, columns=["role", "student", "teacher", "same"])
+
+
+SAMPLE_FILTERS = ("correct", "wrong", "did not stop", "hit max_new_tokens", "contains a masked token")
+
+
+def sample_flags(tokens: pd.DataFrame, max_new_tokens: int | None) -> pd.DataFrame:
+    """Per sample of one step: which of :data:`SAMPLE_FILTERS` it meets (one boolean column each), and the
+    position of its first wrong token where the task grades (the token after which ``prefix_wrong`` turns on).
+
+    "did not stop" = no EOS among its tokens; "hit max_new_tokens" = as many tokens as the cap allows.
+    """
+    if tokens.empty or "sample" not in tokens:
+        return pd.DataFrame(columns=["sample", *SAMPLE_FILTERS, "first_wrong_pos"])
+    rows = []
+    for sample, part in tokens.groupby("sample", sort=True):
+        part = part.sort_values("pos") if "pos" in part else part
+        correct = part["correct"].iloc[0] if "correct" in part else None
+        graded = correct is not None and not pd.isna(correct)
+        stopped = bool(part["is_eos"].astype(bool).any()) if "is_eos" in part else None
+        wrong_pos = None
+        if "prefix_wrong" in part and "pos" in part:
+            flags = part["prefix_wrong"].fillna(False).astype(bool).to_numpy()
+            if flags.any():
+                first = int(flags.argmax())
+                wrong_pos = int(part["pos"].iloc[max(first - 1, 0)])
+        rows.append({
+            "sample": int(sample),
+            "correct": graded and bool(correct),
+            "wrong": graded and not bool(correct),
+            "did not stop": stopped is False,
+            "hit max_new_tokens": bool(max_new_tokens) and len(part) >= int(max_new_tokens),
+            "contains a masked token": bool(part["masked"].astype(bool).any()) if "masked" in part else False,
+            "first_wrong_pos": wrong_pos,
+        })
+    return pd.DataFrame(rows)
+
+
+def filter_samples(flags: pd.DataFrame, wanted: list[str]) -> list[int]:
+    """The samples meeting every wanted filter (all samples when none is wanted)."""
+    keep = pd.Series(True, index=flags.index)
+    for name in wanted:
+        if name in flags:
+            keep &= flags[name].astype(bool)
+    return [int(s) for s in flags.loc[keep, "sample"]]

@@ -43,9 +43,14 @@ STRIP_CSS = """
 .opd-tok.opd-masked{opacity:0.45;text-decoration:line-through;}
 .opd-tok.opd-special{border-style:dashed;border-color:#6b7280;}
 .opd-tok.opd-top{box-shadow:0 0 0 2px #7c3aed;}
-.opd-tip{visibility:hidden;opacity:0;position:absolute;z-index:1000;left:0;top:1.9rem;min-width:21rem;
+.opd-tok.opd-selected{outline:3px solid #111827;outline-offset:1px;}
+.opd-tip{visibility:hidden;opacity:0;position:fixed;z-index:1000;right:1rem;top:4rem;min-width:21rem;
+  max-width:34rem;max-height:80vh;overflow:auto;
   background:#ffffff;color:#111827;border:1px solid #d1d5db;border-radius:6px;padding:0.45rem 0.55rem;
   box-shadow:0 6px 18px rgba(0,0,0,0.18);font-size:0.78rem;line-height:1.35;white-space:normal;}
+.opd-tip .opd-note{margin-top:0.3rem;padding:0.25rem 0.4rem;background:#fef3c7;border-radius:4px;}
+.opd-tip .opd-pieces-inline span{display:inline-block;border:1px solid #9ca3af;border-radius:3px;padding:0 3px;
+  margin-right:2px;white-space:pre;}
 .opd-tok:hover .opd-tip,.opd-tok:focus .opd-tip{visibility:visible;opacity:1;}
 .opd-tip table{border-collapse:collapse;width:100%;margin-top:0.3rem;}
 .opd-tip th,.opd-tip td{padding:1px 6px;text-align:left;border-bottom:1px solid #f3f4f6;white-space:pre;}
@@ -190,15 +195,76 @@ def candidates(row: pd.Series | dict, k: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(_candidate_rows(row, k), columns=CANDIDATE_COLUMNS)
 
 
-def _tooltip(row: dict, column: str, k: int) -> str:
+@dataclass(frozen=True)
+class TeacherReading:
+    """How the teacher saw one student token: its own pieces of the same text, and whether the number it
+    gave is the score of a literal string (a special token it never uses) rather than a comparable one."""
+
+    pieces: tuple[str, ...]
+    literal: bool  # the student's special token reached the teacher as plain text it never emits
+    note: str  # plain text, for the hover card and the candidates panel ('' when nothing to say)
+    eos_pair: tuple[str, str] | None  # (student EOS, teacher EOS) when they differ: candidates are mapped
+
+
+def cross_tokenizer(alignment: dict | None) -> bool:
+    """True when the run's two tokenizers differ (different vocabularies, or different EOS strings)."""
+    if not isinstance(alignment, dict):
+        return False
+    if alignment.get("shared_vocabulary") is False:
+        return True
+    return alignment.get("eos_a") is not None and alignment.get("eos_a") != alignment.get("eos_b")
+
+
+def _pieces(row: dict) -> tuple[str, ...]:
+    pieces = row.get("teacher_pieces")
+    if pieces is not None and not isinstance(pieces, str | float):
+        return tuple(str(p) for p in pieces)
+    teacher_read = row.get("teacher_token")
+    return (teacher_read,) if isinstance(teacher_read, str) and teacher_read else ()
+
+
+def teacher_reading(row: dict, alignment: dict | None) -> TeacherReading:
+    """What the teacher did with this token (see :class:`TeacherReading`); plain facts, no markup."""
+    pieces = _pieces(row)
+    if not cross_tokenizer(alignment):
+        return TeacherReading(pieces, False, "", None)
+    eos_a, eos_b = alignment.get("eos_a"), alignment.get("eos_b")
+    eos_pair = (str(eos_a), str(eos_b)) if eos_a is not None and eos_a != eos_b else None
+    token = row.get("token")
+    special = bool(row.get("is_special", False)) or bool(row.get("is_eos", False))
+    masked = bool(row.get("masked", False))
+    literal = special and not masked and eos_pair is not None and token == eos_pair[0] and (
+        not pieces or pieces[0] == token or len(pieces) > 1)
+    notes = []
+    if literal:
+        notes.append(f"The teacher never ends a reply with {visible(str(token))} (its end token is "
+                     f"{visible(eos_pair[1])}): it scored the student's token as the literal text "
+                     f"{' + '.join(visible(p) for p in pieces) or visible(str(token))}, log p {_fmt(row.get('teacher_logp'))}."
+                     " That number is not comparable with the student's.")
+    elif len(pieces) > 1:
+        notes.append(f"The teacher reads this text as {len(pieces)} tokens of its own; its log p is their sum.")
+    elif pieces and pieces[0] != token:
+        notes.append(f"The teacher read a different string here: {visible(pieces[0])}.")
+    if eos_pair is not None:
+        notes.append(f"The teacher's candidates are its own distribution mapped onto the student's vocabulary "
+                     f"by meaning: its {visible(eos_pair[1])} is listed as {visible(eos_pair[0])}.")
+    return TeacherReading(pieces, literal, " ".join(notes), eos_pair)
+
+
+def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> str:
     sampled_id = row.get("token_id")
+    reading = teacher_reading(row, alignment)
+    rank = "n/a (scored as text)" if reading.literal else _fmt(row.get("teacher_rank"))
     head = (f"<b>pos {_fmt(row.get('pos'))}</b> · token <b>{display_token(row.get('token'))}</b>"
             f" · {html.escape(column)} = <b>{_fmt(row.get(column))}</b><br>"
             f"log p student {_fmt(row.get('student_logp'))} · teacher {_fmt(row.get('teacher_logp'))}"
-            f" · teacher rank {_fmt(row.get('teacher_rank'))}")
-    teacher_read = row.get("teacher_token")
-    if isinstance(teacher_read, str) and teacher_read != row.get("token"):
-        head += f"<br>teacher read it as <b>{display_token(teacher_read)}</b>"
+            f" · teacher rank {rank}")
+    if reading.pieces and (len(reading.pieces) > 1 or reading.pieces[0] != row.get("token")
+                           or reading.literal):
+        head += ("<br>teacher's tokens: <span class='opd-pieces-inline'>"
+                 + "".join(f"<span>{display_token(p)}</span>" for p in reading.pieces) + "</span>")
+    if reading.note:
+        head += f"<div class='opd-note'>{html_text(reading.note)}</div>"
     flags = [name for name in ("masked", "is_special") if bool(row.get(name, False))]
     if flags:
         head += "<br>" + ", ".join(html.escape(f) for f in flags)
@@ -208,9 +274,12 @@ def _tooltip(row: dict, column: str, k: int) -> str:
     body = []
     for rank, t_tok, t_p, s_tok, s_p, t_id, s_id in cand:
         hit = sampled_id is not None and (t_id == sampled_id or s_id == sampled_id)
+        t_text = display_token(t_tok)
+        if reading.eos_pair is not None and t_tok == reading.eos_pair[0]:
+            t_text = f"{display_token(reading.eos_pair[1])} <i>(as {display_token(t_tok)})</i>"
         body.append(
             f"<tr class='{'opd-hit' if hit else ''}'><td>{rank}</td>"
-            f"<td>{display_token(t_tok)}</td><td class='num'>{_fmt(t_p, 2)}</td>"
+            f"<td>{t_text}</td><td class='num'>{_fmt(t_p, 2)}</td>"
             f"<td>{display_token(s_tok)}</td><td class='num'>{_fmt(s_p, 2)}</td></tr>"
         )
     return (head + "<table><tr><th>#</th><th>teacher</th><th>p</th><th>student</th><th>p</th></tr>"
@@ -244,6 +313,8 @@ def token_strip_html(
     hide_special: bool = False,
     scale: ColorScale | None = None,
     legend: bool = True,
+    alignment: dict | None = None,
+    selected: int | None = None,
 ) -> str:
     """HTML for one response: tokens in ``pos`` order, coloured by ``color_by``, each with a hover card.
 
@@ -270,10 +341,12 @@ def token_strip_html(
         pos = int(row["pos"]) if pd.notna(row.get("pos")) else -1
         if pos in marked:
             classes.append("opd-top")
+        if selected is not None and pos == selected:
+            classes.append("opd-selected")
         spans.append(
             f"<span class='{' '.join(classes)}' tabindex='0' data-pos='{pos}' "
             f"style='background:{colour};color:{_text_colour(colour)}'>{display_token(row.get('token'))}"
-            f"<span class='opd-tip'>{_tooltip(row, color_by, top_k)}</span></span>"
+            f"<span class='opd-tip'>{_tooltip(row, color_by, top_k, alignment)}</span></span>"
         )
     parts = [STRIP_CSS]
     if legend:
@@ -290,3 +363,20 @@ def colourable_columns(columns: Sequence[str]) -> list[str]:
                  "in_student_topp", "prefix_wrong"]
     present = set(columns)
     return [c for c in preferred if c in present]
+
+
+def teacher_strip_html(tokens: pd.DataFrame) -> str:
+    """The teacher's own tokenization of the same response: its pieces per student token, one box each,
+    grouped under the student token they are credited to (a group of several = a multi-token span)."""
+    df = tokens.sort_values("pos") if "pos" in tokens else tokens
+    groups = []
+    for row in df.to_dict("records"):
+        pieces = _pieces(row)
+        boxes = "".join(f"<span class='opd-piece'>{display_token(p)}</span>" for p in pieces) or (
+            "<span class='opd-piece opd-piece-diff'>∅</span>")
+        differs = len(pieces) != 1 or pieces[0] != row.get("token")
+        groups.append(f"<span class='opd-group{' opd-group-diff' if differs else ''}' title='pos {_fmt(row.get('pos'))}'>"
+                      f"{boxes}</span>")
+    css = ("<style>.opd-group{display:inline-block;margin:1px 3px 1px 0;padding:1px;border-radius:4px;}"
+           ".opd-group-diff{background:#fde68a;}</style>")
+    return f"{PIECES_CSS}{css}<div class='opd-pieces'>{''.join(groups) or '<i>no teacher tokenization logged</i>'}</div>"

@@ -1,11 +1,27 @@
 """Token inspector: read one rollout token by token, coloured by any per-token column, with the teacher's
-and the student's top-K candidates side by side at every position."""
+and the student's top-K candidates side by side at every position, and the teacher's own tokenization.
+
+The view is addressable: ``?run=KEY&step=N&sample=I&pos=P&color=COLUMN`` opens it at that token, and the
+URL follows every choice, so a copied link reopens the same token.
+"""
 
 import pandas as pd
 import streamlit as st
 
-from app import state, widgets
-from app.token_strip import candidates, colourable_columns, token_strip_html
+from app import state, tables, widgets
+from app.inert import md
+from app.token_strip import (
+    candidates,
+    colourable_columns,
+    cross_tokenizer,
+    teacher_reading,
+    teacher_strip_html,
+    token_strip_html,
+)
+from opd_core.diagnostics import mismatch
+from opd_core.token_text import visible
+
+URL_SEEN = "_insp_url_seen"  # the deep link last applied, so it selects once and then the user's choices win
 
 widgets.header("Token inspector", "Which tokens carry this run's update? Hover a token (or pick its position "
                                   "below) to compare what the teacher and the student would have said there.")
@@ -15,30 +31,83 @@ steps = widgets.guarded(run, state.token_steps, run.path)
 if not steps:
     widgets.no_tokens_notice(run)
 
+
+def _int_param(name: str) -> int | None:
+    try:
+        return int(st.query_params.get(name))
+    except (TypeError, ValueError):
+        return None
+
+
+# A deep link (?step=&sample=&pos=&color=) selects its token once; widgets are keyed by run/step/sample.
+link = tuple(st.query_params.get(k) for k in ("run", "step", "sample", "pos", "color"))
+apply_link = any(v is not None for v in link[1:]) and st.session_state.get(URL_SEEN) != link
+link_step, link_sample, link_pos = _int_param("step"), _int_param("sample"), _int_param("pos")
+if apply_link:
+    st.session_state[URL_SEEN] = link
+    if link_step in steps:
+        st.session_state[f"insp_step:{run.key}"] = link_step
+    elif link_step is not None:
+        st.warning(f"Step {link_step} has no token records in this run; showing another step.",
+                   icon=":material/link_off:")
+    if link[4] is not None:
+        st.session_state["insp_colour_wanted"] = link[4]
+    st.session_state["insp_filters"] = []
+
 c_step, c_sample, c_jump = st.columns([1, 1, 2])
-step = c_step.selectbox("Step", steps, index=len(steps) - 1, key=f"insp_step:{run.key}")
-index = widgets.guarded(run, state.tokens, run.path, [step], ["sample", "prefix_source", "correct"])
-index = index.drop_duplicates("sample")
-samples = sorted(int(s) for s in index["sample"])
+if st.session_state.get(f"insp_step:{run.key}") not in steps:
+    st.session_state[f"insp_step:{run.key}"] = steps[-1]
+step = c_step.selectbox("Step", steps, key=f"insp_step:{run.key}")
+index = widgets.guarded(run, state.tokens, run.path, [step],
+                        ["sample", "pos", "prefix_source", "correct", "is_eos", "masked", "prefix_wrong"])
+config = widgets.guarded(run, state.config, run.path)
+flags = tables.sample_flags(index, config.get("max_new_tokens"))
 sources = dict(zip(index["sample"].astype(int), index.get("prefix_source", pd.Series(dtype=str))))
 sample_key = f"insp_sample:{run.key}:{step}"
 top = widgets.guarded(run, state.top_tokens, run.path, [step], n=10)
+
+wanted = st.pills("Show only samples that are", list(tables.SAMPLE_FILTERS), selection_mode="multi",
+                  key="insp_filters", help="Filters combine: 'wrong' + 'did not stop' = wrong answers that ran on.")
+samples = tables.filter_samples(flags, wanted)
+if apply_link and link_sample is not None:
+    if link_sample in samples:
+        st.session_state[sample_key] = link_sample
+    else:
+        st.warning(f"Sample {link_sample} is not logged at step {step}.", icon=":material/link_off:")
+if not samples:
+    st.info("No sample at this step meets every chosen filter. Clear a filter or pick another step.",
+            icon=":material/filter_alt_off:")
+    st.stop()
+if st.session_state.get(sample_key) not in samples:
+    st.session_state[sample_key] = samples[0]
 
 
 def _jump() -> None:
     choice = st.session_state.get(f"insp_jump:{run.key}:{step}")
     if choice is not None:
         st.session_state[sample_key] = int(top.iloc[choice]["sample"])
+        st.session_state["insp_pos_wanted"] = int(top.iloc[choice]["pos"])
 
 
 c_jump.selectbox(
     "Jump to a token with large |signal|", list(range(len(top))), index=None, key=f"insp_jump:{run.key}:{step}",
     placeholder="the largest |signal| at this step…", on_change=_jump,
     format_func=lambda i: (f"sample {int(top.iloc[i]['sample'])}, pos {int(top.iloc[i]['pos'])}: "
-                           f"{top.iloc[i].get('token', '')!r} (signal {top.iloc[i]['signal']:.3g})"),
+                           f"{visible(str(top.iloc[i].get('token', '')))} (signal {top.iloc[i]['signal']:.3g})"),
 )
-sample = c_sample.selectbox("Sample", samples, key=sample_key,
-                            format_func=lambda s: f"{s} ({sources.get(s, 'student')} prefix)")
+flag_by_sample = flags.set_index("sample") if len(flags) else flags
+
+
+def _sample_label(s: int) -> str:
+    verdict = ""
+    if s in flag_by_sample.index:
+        f = flag_by_sample.loc[s]
+        verdict = " · correct" if f["correct"] else (" · wrong" if f["wrong"] else "")
+        verdict += " · did not stop" if f["did not stop"] else ""
+    return f"{s} ({sources.get(s, 'student')} prefix{verdict})"
+
+
+sample = c_sample.selectbox("Sample", samples, key=sample_key, format_func=_sample_label)
 
 rows = widgets.guarded(run, state.tokens, run.path, [step], state.INSPECTOR_COLUMNS,
                        filters=[("sample", "in", [int(sample)])])
@@ -47,6 +116,7 @@ colour_options = colourable_columns(rows.columns)
 if rows.empty or not colour_options:
     st.info("This sample has no token records to show.", icon=":material/info:")
     st.stop()
+alignment = widgets.guarded(run, mismatch.load_alignment, run.path)
 
 first = rows.iloc[0]
 with st.container(border=True):
@@ -63,27 +133,66 @@ with st.container(border=True):
         verdict.append("format ok" if bool(first["format_ok"]) else "format broken")
     st.markdown("**Grader's verdict:** " + (" · ".join(verdict) if verdict else "not graded"))
 
-o1, o2, o3, o4 = st.columns([2, 1, 1, 1])
+positions = rows["pos"].astype(int).tolist()
+pos_key = f"insp_pos:{run.key}:{step}:{sample}"
+wanted_pos = st.session_state.pop("insp_pos_wanted", None)
+if apply_link and link_pos is not None:
+    wanted_pos = link_pos
+    if link_pos not in positions:
+        st.warning(f"Position {link_pos} is not in sample {sample}.", icon=":material/link_off:")
+if wanted_pos in positions:
+    st.session_state[pos_key] = wanted_pos
+wrong_pos = flag_by_sample.loc[sample, "first_wrong_pos"] if sample in flag_by_sample.index else None
+
+o1, o2, o3, o4, o5 = st.columns([2, 1, 1, 1, 1.4], vertical_alignment="bottom")
+wanted_colour = st.session_state.pop("insp_colour_wanted", None)
+if wanted_colour in colour_options:
+    st.session_state["insp_colour"] = wanted_colour
+if st.session_state.get("insp_colour") not in colour_options:
+    st.session_state["insp_colour"] = colour_options[0]
 colour_by = o1.selectbox("Colour tokens by", colour_options, key="insp_colour")
 top_k = o2.slider("Candidates on hover", 1, 20, 5, key="insp_topk")
 hide_masked = o3.toggle("Hide masked", key="insp_hide_masked")
 hide_special = o4.toggle("Hide special", key="insp_hide_special")
+has_wrong = wrong_pos is not None and not pd.isna(wrong_pos) and int(wrong_pos) in positions
+if has_wrong and o5.button("First wrong token", icon=":material/my_location:", key="insp_first_wrong",
+                           help="Select the token after which the graded answer is already wrong."):
+    st.session_state[pos_key] = int(wrong_pos)
+if st.session_state.get(pos_key) not in positions:
+    marked_here = top[top["sample"] == sample]["pos"].astype(int).tolist() if len(top) else []
+    st.session_state[pos_key] = marked_here[0] if marked_here and marked_here[0] in positions else positions[0]
 marked = top[top["sample"] == sample]["pos"].astype(int).tolist() if len(top) else []
+selected_pos = int(st.session_state[pos_key])
+
 st.html(token_strip_html(rows, colour_by, top_k=top_k, highlight=marked, hide_masked=hide_masked,
-                         hide_special=hide_special))
+                         hide_special=hide_special, alignment=alignment, selected=selected_pos))
 st.caption("Each box is one response token; its colour is the chosen column (diverging around 0 for signed "
-           "columns). Struck-through tokens are masked (no signal), dashed ones are special tokens, and purple "
-           "outlines mark this step's largest |signal|. Hover or focus a token for both models' candidates.")
+           "columns). Struck-through tokens are masked (no signal), dashed ones are special tokens, purple "
+           "outlines mark this step's largest |signal| and the black outline the selected position. Hover or "
+           "focus a token for both models' candidates (the card docks at the top right of the window).")
+cross = cross_tokenizer(alignment)
+if cross and st.toggle("Show the teacher's tokenization of this response", value=True, key="insp_teacher_strip"):
+    st.html(teacher_strip_html(rows))
+    st.caption("The teacher's own tokens for the same text, one box each, grouped under the student token they "
+               "are credited to; a yellow group is where the two tokenizations differ (several teacher tokens, "
+               "a different string, or none).")
 
 st.subheader("Candidates at one position")
-positions = rows["pos"].astype(int).tolist()
-default_pos = marked[0] if marked and marked[0] in positions else positions[0]
-pos = st.selectbox("Position", positions, index=positions.index(default_pos), key=f"insp_pos:{run.key}:{step}:{sample}",
-                   format_func=lambda p: f"{p}: {rows.loc[rows['pos'] == p, 'token'].iloc[0]!r}")
+pos = st.selectbox("Position", positions, key=pos_key,
+                   format_func=lambda p: f"{p}: {visible(str(rows.loc[rows['pos'] == p, 'token'].iloc[0]))}")
 row = rows[rows["pos"] == pos].iloc[0]
+reading = teacher_reading(row.to_dict(), alignment)
+if reading.note:
+    st.info(md(reading.note, None), icon=":material/translate:")
 left, right = st.columns([3, 2])
 with left:
     table = candidates(row)
+    if reading.eos_pair is not None:
+        table["teacher_token"] = [f"{visible(reading.eos_pair[1])} (as {visible(t)})" if t == reading.eos_pair[0]
+                                  else visible(str(t)) for t in table["teacher_token"]]
+    else:
+        table["teacher_token"] = [visible(str(t)) for t in table["teacher_token"]]
+    table["student_token"] = [visible(str(t)) for t in table["student_token"]]
     st.dataframe(table.drop(columns=["teacher_id", "student_id"]), hide_index=True, width="stretch",
                  column_config={"teacher_prob": st.column_config.ProgressColumn("teacher p", min_value=0.0,
                                                                                 max_value=1.0, format="%.3f"),
@@ -92,11 +201,33 @@ with left:
 with right:
     details = {c: row[c] for c in ("token", "teacher_token", "signal", "log_ratio", "student_logp", "teacher_logp",
                                    "teacher_entropy", "teacher_rank", "drift", "masked", "is_special") if c in row}
-    st.dataframe(pd.DataFrame({"value": [str(v) for v in details.values()]}, index=list(details)), width="stretch")
+    shown = [visible(str(v)) if k in ("token", "teacher_token") else widgets.fmt(v) if isinstance(v, float)
+             else str(v) for k, v in details.items()]
+    if reading.literal and "teacher_rank" in details:
+        shown[list(details).index("teacher_rank")] = "n/a (scored as text)"
+    st.dataframe(pd.DataFrame({"value": shown}, index=list(details)), width="stretch")
+    if st.toggle("Raw vocabulary strings", key="insp_raw",
+                 help="The token as the vocabulary spells it (byte-level markers and all), not as text reads."):
+        raw = {c: repr(row[c]) for c in ("token_raw", "token", "teacher_token") if c in row}
+        st.dataframe(pd.DataFrame({"raw": list(raw.values())}, index=list(raw)), width="stretch")
 st.caption("Left: the teacher's and the student's K most likely next tokens at this prefix, with probabilities; "
            "the sampled token is what the student actually wrote. Right: the logged values at this position.")
 
+# The URL follows the view, so the link below (or the address bar) reopens exactly this token.
+st.query_params.update({"run": run.key, "step": str(step), "sample": str(sample), "pos": str(pos),
+                        "color": colour_by})
+st.session_state[URL_SEEN] = (run.key, str(step), str(sample), str(pos), colour_by)
+with st.popover("Copy a link to this token", icon=":material/link:"):
+    query = f"?run={run.key}&step={step}&sample={sample}&pos={pos}&color={colour_by}"
+    base = getattr(getattr(st, "context", None), "url", None) or ""
+    st.code((base.split("?")[0] if base else "") + query, language=None)
+    st.caption("Use the copy button of the box; the link opens the Token inspector at this token.")
+
 with st.expander("All token records of this sample"):
-    scalar = [c for c in rows.columns if not c.endswith(("_ids", "_logps", "_tokens")) and c not in ("prompt",
-                                                                                                      "response_text")]
-    st.dataframe(rows[scalar], hide_index=True, width="stretch")
+    scalar = [c for c in rows.columns if not c.endswith(("_ids", "_logps", "_tokens", "_pieces"))
+              and c not in ("prompt", "response_text")]
+    shown_rows = rows[scalar].copy()
+    for c in ("token", "teacher_token"):
+        if c in shown_rows:
+            shown_rows[c] = shown_rows[c].map(lambda v: visible(str(v)))
+    st.dataframe(shown_rows, hide_index=True, width="stretch")

@@ -4,12 +4,19 @@ on the Live page."""
 import streamlit as st
 
 from app import config_form, widgets
+from app.inert import md
 from app.sources import run_sources
 from opd_core import checkpoints, launcher, runs
 from opd_core.config import ConfigError
 
 LIVE_STATE = "opd_live_runs"  # run ids the Live page watches (shared with pages/live.py)
 FORM = "launch"
+LAUNCH_BAR_CSS = """<style>
+.st-key-launch_bar{position:fixed;bottom:0;right:0;left:auto;width:min(100%, 64rem);z-index:999990;
+  background:rgba(255,255,255,0.97);border-top:1px solid #e5e7eb;box-shadow:0 -4px 12px rgba(0,0,0,0.06);
+  padding:0.6rem 1.5rem 0.7rem 1.5rem;}
+.stMainBlockContainer{padding-bottom:7rem;}
+</style>"""
 
 widgets.header("Launch", "Try a fix without leaving the dashboard: start from a preset or an earlier run, change "
                          "a setting, launch, and watch it train next to the baseline.")
@@ -58,25 +65,35 @@ if source.startswith("run:"):
 name = c_name.text_input("Run name (optional)", key="launch_name",
                          help="1-64 characters from A-Z a-z 0-9 . _ -; empty = objective + time.").strip() or None
 
+# The Launch button lives in a bar pinned to the bottom of the window, so it is in reach wherever the form is
+# scrolled; it is filled after the form so it launches what the form holds.
+st.html(LAUNCH_BAR_CSS)
+bar = st.container(key="launch_bar")
 values, errors = config_form.config_form(_values(source), FORM)
 label = f"Fork at step {fork_step}" if fork_step is not None else "Launch"
-if st.button(label, type="primary", disabled=bool(errors), icon=":material/rocket_launch:", key="launch_go"):
-    try:
-        if fork_step is not None:
-            changes = {k: v for k, v in config_form.to_config(values).to_dict().items()
-                       if k not in config_form.LINEAGE}
-            run_dir = launcher.fork(by_id[source[4:]].path, fork_step, changes, runs_dir=runs_dir, name=name)
+with bar:
+    c_go, c_state = st.columns([1, 4], vertical_alignment="center")
+    go = c_go.button(label, type="primary", disabled=bool(errors), icon=":material/rocket_launch:", key="launch_go")
+    c_state.caption(f"{len(errors)} field(s) to fix before launching (marked in the form)." if errors else
+                    f"Ready: {md(values.get('objective'))} on {md(values.get('student'))}, "
+                    f"{md(values.get('steps'))} steps.")
+with bar:
+    if go:
+        try:
+            if fork_step is not None:
+                changes = {k: v for k, v in config_form.to_config(values).to_dict().items()
+                           if k not in config_form.LINEAGE}
+                run_dir = launcher.fork(by_id[source[4:]].path, fork_step, changes, runs_dir=runs_dir, name=name)
+            else:
+                run_dir = launcher.launch(config_form.to_config(values), runs_dir, name)
+        except (ConfigError, launcher.LauncherError, runs.RunDirError) as exc:
+            st.error(md(exc, None), icon=":material/error:")
         else:
-            run_dir = launcher.launch(config_form.to_config(values), runs_dir, name)
-    except (ConfigError, launcher.LauncherError, runs.RunDirError) as exc:
-        st.error(str(exc), icon=":material/error:")
-    else:
-        watched = [r for r in st.session_state.get(LIVE_STATE, []) if r != run_dir.name]
-        st.session_state[LIVE_STATE] = [*watched, run_dir.name]
-        st.success(f"Run `{run_dir.name}` is {runs.read_status(run_dir)['state']}.", icon=":material/check:")
-        widgets.link_to("Live", None, "Watch it on the Live page")
-if errors:
-    st.caption("Fix the fields marked above to launch.")
+            watched = [r for r in st.session_state.get(LIVE_STATE, []) if r != run_dir.name]
+            st.session_state[LIVE_STATE] = [*watched, run_dir.name]
+            st.success(f"Run **{md(run_dir.name)}** is {md(runs.read_status(run_dir).get('state'))}.",
+                       icon=":material/check:")
+            widgets.link_to("Live", None, "Watch it on the Live page")
 
 st.subheader("Queue")
 c_limit, c_info = st.columns([1, 3])

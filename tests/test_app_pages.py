@@ -438,3 +438,29 @@ def test_no_code_patches_sys_path() -> None:
                  for p in (REPO / folder).rglob("*.py") if "sys.path.insert" in p.read_text() or
                  "sys.path.append" in p.read_text()]
     assert offenders == []
+
+
+def test_a_deep_link_opens_the_inspector_at_that_token_and_the_url_follows(monkeypatch, tmp_path) -> None:
+    at = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
+    at.query_params.update({"run": "samples:baseline-sampled-token", "step": "200", "sample": "0", "pos": "24",
+                            "color": "log_ratio"})
+    _open(at, "inspector")
+    assert at.selectbox(key="insp_step:samples:baseline-sampled-token").value == 200
+    assert next(s for s in at.selectbox if s.label == "Sample").value == 0
+    assert next(s for s in at.selectbox if s.label == "Position").value == 24
+    assert at.selectbox(key="insp_colour").value == "log_ratio"
+    assert "opd-selected" in _html(at) and "scored as text" in _html(at)
+    assert any("literal text" in i.value for i in at.info)
+    next(s for s in at.selectbox if s.label == "Position").set_value(3).run()
+    assert at.query_params["pos"] in (["3"], "3")
+
+
+def test_sample_filters_keep_only_matching_samples(monkeypatch, tmp_path) -> None:
+    at = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
+    at.query_params["run"] = "samples:baseline-sampled-token"
+    _open(at, "inspector")
+    every = next(s for s in at.selectbox if s.label == "Sample").options
+    at.session_state["insp_filters"] = ["did not stop"]
+    at.run()
+    kept = next(s for s in at.selectbox if s.label == "Sample").options
+    assert 0 < len(kept) < len(every) and all("did not stop" in k for k in kept)

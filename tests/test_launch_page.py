@@ -151,3 +151,28 @@ def test_launch_a_five_step_toy_run_and_see_it_finish(runs_dir: Path) -> None:
     assert runs.read_status(runs_dir / "toy-five")["state"] == "finished", launcher.log_tail(runs_dir / "toy-five")
     assert list(runs.read_metrics(runs_dir / "toy-five")["step"]) == [1, 2, 3, 4, 5]
     assert not live.exception
+
+
+def test_objective_parameters_are_typed_widgets_from_the_registry_and_reach_the_config(
+        runs_dir: Path, fake_trainer: Path) -> None:
+    from opd_core.objectives import get_objective
+
+    at = _page("launch.py")
+    at.run()
+    at.selectbox(key="launch:objective").set_value("topk_support").run()
+    specs = get_objective("topk_support").param_specs
+    keys = [w.key for kind in ("number_input", "checkbox", "selectbox") for w in getattr(at, kind) if w.key]
+    drawn = {k.split(":")[3] for k in keys if k.startswith("launch:param:topk_support:")}  # nullable: name:off
+    assert set(specs) <= drawn, drawn  # every declared parameter gets a widget (none hard-coded in the page)
+    at.number_input(key="launch:param:topk_support:k").set_value(16).run()
+    at.checkbox(key="launch:param:topk_support:tail_bucket").set_value(True).run()
+    at.text_input(key="launch_name").set_value("typed-k")
+    _fill(at, {**TOY_RUN, "student": str(fake_trainer), "teacher": str(fake_trainer)})
+    assert not _errors(at)
+    labels = {w.label for w in at.text_input} | {w.label for w in at.selectbox}
+    assert "Teacher-prefix share λ · lmbda" in labels and "Training steps · steps" in labels
+    at.button(key="launch_go").click().run()
+    assert not _errors(at), _errors(at)
+    config = runs.read_config(runs_dir / "typed-k")
+    assert config["objective"] == "topk_support"
+    assert config["objective_params"]["k"] == 16 and config["objective_params"]["tail_bucket"] is True

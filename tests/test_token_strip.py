@@ -119,3 +119,28 @@ def test_unknown_colour_column_is_a_clear_error() -> None:
 
 def test_colourable_columns_keeps_only_present_ones_in_order() -> None:
     assert colourable_columns(["masked", "teacher_entropy", "signal", "zzz"]) == ["signal", "teacher_entropy", "masked"]
+
+
+def test_a_student_eos_the_teacher_never_uses_is_called_a_literal_string_not_rank_1() -> None:
+    from app.token_strip import teacher_reading
+
+    alignment = {"eos_a": "<|im_end|>", "eos_b": "</s>", "shared_vocabulary": False}
+    rows = _rows(["4", "<|im_end|>", "x"], teacher_token=["4", "<|im_end|>", "x"], is_special=[False, True, False],
+                 is_eos=[False, True, False], teacher_rank=[1, 1, 1],
+                 teacher_topk_tokens=[["<|im_end|>", ";"]] * 3)
+    reading = teacher_reading(rows.iloc[1].to_dict(), alignment)
+    assert reading.literal and "literal text" in reading.note and "</s>" in reading.note
+    html = token_strip_html(rows, "signal", alignment=alignment)
+    card = html.split("data-pos='1'")[1].split("data-pos='2'")[0]
+    assert "teacher rank n/a (scored as text)" in card
+    assert "&lt;/s&gt; <i>(as &lt;|im_end|&gt;)</i>" in card  # the teacher's own EOS, not its mapped name
+    assert not teacher_reading(rows.iloc[0].to_dict(), alignment).literal
+    assert teacher_reading(rows.iloc[1].to_dict(), None).note == ""  # same tokenizer: nothing to warn about
+
+
+def test_pieces_are_separate_boxes_even_when_a_piece_is_a_separator() -> None:
+    from app.token_strip import pieces_html
+
+    out = pieces_html(["a", " | ", "b"], ["a", "b"])
+    assert out.count("<span class='opd-piece") == 3 and "·|·" in out
+    assert out.count("opd-piece opd-piece-diff") == 1  # " | " is the only piece the other side lacks
