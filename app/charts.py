@@ -44,8 +44,10 @@ def lorenz_figure(lorenz: pd.DataFrame, gini: float | None = None) -> go.Figure:
     """Lorenz curve of |signal| against the line of perfect equality; the gap between them is the Gini."""
     _require(lorenz, ["token_share", "signal_share"], "lorenz_figure")
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="every token equal",
-                             line={"dash": "dash", "color": "#9ca3af"}))
+    # The diagonal on the curve's own x grid: filling between two traces with different x points draws
+    # the gap as a staircase.
+    fig.add_trace(go.Scatter(x=lorenz["token_share"], y=lorenz["token_share"], mode="lines",
+                             name="every token equal", line={"dash": "dash", "color": "#9ca3af"}))
     label = "this run" if gini is None or math.isnan(gini) else f"this run (Gini {gini:.2f})"
     fig.add_trace(go.Scatter(x=lorenz["token_share"], y=lorenz["signal_share"], mode="lines", name=label,
                              fill="tonexty", line={"color": "#d62728", "width": 2.5}))
@@ -72,13 +74,15 @@ def signal_by_kind_figure(by_kind: pd.DataFrame) -> go.Figure:
     _require(by_kind, ["kind", "share", "n"], "signal_by_kind_figure")
     total = max(int(by_kind["n"].sum()), 1)
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=by_kind["kind"], y=by_kind["share"], name="share of |signal|",
-                         marker_color=[KIND_COLOURS.get(k, "#7f7f7f") for k in by_kind["kind"]],
-                         hovertemplate="%{x}: %{y:.1%} of |signal|<extra></extra>"))
+    for kind, share in zip(by_kind["kind"], by_kind["share"]):  # one trace per kind: one legend key per colour
+        fig.add_trace(go.Bar(x=[kind], y=[share], name=f"{kind}: share of |signal|",
+                             marker_color=KIND_COLOURS.get(kind, "#7f7f7f"),
+                             hovertemplate="%{x}: %{y:.1%} of |signal|<extra></extra>"))
     fig.add_trace(go.Scatter(x=by_kind["kind"], y=by_kind["n"] / total, name="share of tokens", mode="markers",
                              marker={"symbol": "line-ew-open", "size": 28, "color": "#111827", "line": {"width": 3}},
                              hovertemplate="%{x}: %{y:.1%} of tokens<extra></extra>"))
     fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(barmode="overlay")
     return _layout(fig, "Signal by token kind", "token kind", "share")
 
 

@@ -18,6 +18,7 @@ _INVISIBLE = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2
                         "\u2066-\u2069\ufeff]")
 # Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping all of them is the
 # only way to be sure none starts a link, image, code span, emphasis, heading, table, math or directive.
+_AUTOLINK = re.compile(r"(?i)(?:\\:(?=\\/)|www(?=\\\.)|\\@)")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:&\"'=^@%/;?,])")
 
 
@@ -37,6 +38,9 @@ def md(text: object, limit: int | None = 300) -> str:
     """The text for a Markdown sink: shown literally, never a link, image, code span, formula or markup."""
     s = plain(text, limit)
     s = _MD_SPECIAL.sub(r"\\\1", s)
+    # GitHub-flavoured Markdown turns bare URLs and e-mail addresses into links even when their punctuation
+    # is escaped; a zero-width space after the scheme, "www" or "@" keeps them plain text.
+    s = _AUTOLINK.sub(lambda m: m.group() + "\u200b", s)
     # Newlines would start new Markdown blocks (headings, lists); a line break is enough to read them.
     return s.replace("\r", " ").replace("\n", " ⏎ ")
 
@@ -44,3 +48,17 @@ def md(text: object, limit: int | None = 300) -> str:
 def html_text(text: object, limit: int | None = None) -> str:
     """The text for an HTML sink (``st.html``): escaped, quotes included."""
     return html.escape(plain(text, limit), quote=True)
+
+
+def plain_frame(frame):  # noqa: ANN001, ANN201 - a pandas DataFrame in, a copy out
+    """A table for a plain-text widget (``st.dataframe``): every string cell through :func:`plain`, so bidi
+    overrides and control characters in run data cannot reorder or hide what a cell shows."""
+    import pandas as pd
+
+    out = frame.copy()
+    for column in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_bool_dtype(out[column])):
+            out[column] = out[column].map(lambda v: plain(v) if isinstance(v, str) else v).astype(object)
+    if not pd.api.types.is_numeric_dtype(out.index):
+        out.index = [plain(i) if isinstance(i, str) else i for i in out.index]
+    return out

@@ -31,6 +31,7 @@ PAGE_SPECS: tuple[PageSpec, ...] = (
     PageSpec("live.py", "Live", "live", ":material/monitoring:", "Runs", optional=True),
     PageSpec("health.py", "Health", "health", ":material/health_and_safety:", "Diagnose"),
     PageSpec("inspector.py", "Token inspector", "inspector", ":material/text_fields:", "Diagnose"),
+    PageSpec("side_by_side.py", "Side by side", "side-by-side", ":material/splitscreen_right:", "Diagnose"),
     PageSpec("imbalance.py", "Imbalance", "imbalance", ":material/equalizer:", "Diagnose"),
     PageSpec("drift.py", "Teacher under drift", "drift", ":material/trending_up:", "Diagnose"),
     PageSpec("mismatch.py", "Tokenizer mismatch", "mismatch", ":material/join_inner:", "Diagnose"),

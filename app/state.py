@@ -82,6 +82,18 @@ def config(run_dir: str | Path) -> dict:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+def _alignment(path: str, stamp: tuple) -> dict | None:
+    from opd_core.diagnostics import mismatch
+
+    return mismatch.load_alignment(path)
+
+
+def alignment(run_dir: str | Path) -> dict | None:
+    """The run's alignment.json (the tokenizer comparison), or None when absent or damaged."""
+    return _alignment(str(run_dir), _stamp(Path(run_dir) / "alignment.json"))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
 def _token_steps(path: str, stamp: tuple) -> list[int]:
     return runs.token_steps(path)
 
@@ -126,6 +138,14 @@ def _health(path: str, stamp: tuple) -> Any:
     from opd_core.diagnostics import health
 
     return health(path)
+
+
+def live_health_report(run_dir: str | Path) -> Any:
+    """The HealthReport of a run that is training, re-evaluated when new token records land (or every
+    ~64 KB of new metrics), not on every 2-second refresh."""
+    d = Path(run_dir)
+    metrics_size = _stamp(d / runs.METRICS_FILE)[1]
+    return _health(str(run_dir), (_stamp(d / runs.TOKENS_DIR), metrics_size // 65536, _stamp(d / runs.STATUS_FILE)[1]))
 
 
 def health_report(run_dir: str | Path) -> Any:

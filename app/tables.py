@@ -168,6 +168,10 @@ def sample_flags(tokens: pd.DataFrame, max_new_tokens: int | None) -> pd.DataFra
     """
     if tokens.empty or "sample" not in tokens:
         return pd.DataFrame(columns=["sample", *SAMPLE_FILTERS, "first_wrong_pos"])
+    try:  # a damaged config may hold anything here; then no sample is said to hit the cap
+        cap = int(max_new_tokens) if max_new_tokens is not None and not isinstance(max_new_tokens, bool) else None
+    except (TypeError, ValueError):
+        cap = None
     rows = []
     for sample, part in tokens.groupby("sample", sort=True):
         part = part.sort_values("pos") if "pos" in part else part
@@ -185,7 +189,7 @@ def sample_flags(tokens: pd.DataFrame, max_new_tokens: int | None) -> pd.DataFra
             "correct": graded and bool(correct),
             "wrong": graded and not bool(correct),
             "did not stop": stopped is False,
-            "hit max_new_tokens": bool(max_new_tokens) and len(part) >= int(max_new_tokens),
+            "hit max_new_tokens": bool(cap) and len(part) >= cap,
             "contains a masked token": bool(part["masked"].astype(bool).any()) if "masked" in part else False,
             "first_wrong_pos": wrong_pos,
         })
@@ -199,3 +203,28 @@ def filter_samples(flags: pd.DataFrame, wanted: list[str]) -> list[int]:
         if name in flags:
             keep &= flags[name].astype(bool)
     return [int(s) for s in flags.loc[keep, "sample"]]
+
+
+def position_difference(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both responses with ``<column>_diff`` = B − A at the same position (NaN where one side has no token),
+    so the two strips can be coloured by where and how much they differ."""
+    name = f"{column}_diff"
+    if column not in a or column not in b or "pos" not in a or "pos" not in b:
+        return a.assign(**{name: np.nan}), b.assign(**{name: np.nan})
+    va = pd.to_numeric(a.set_index("pos")[column], errors="coerce")
+    vb = pd.to_numeric(b.set_index("pos")[column], errors="coerce")
+    diff = (vb - va.reindex(vb.index)).rename(name)
+    diff_a = (vb.reindex(va.index) - va).rename(name)
+    return (a.merge(diff_a, left_on="pos", right_index=True, how="left"),
+            b.merge(diff, left_on="pos", right_index=True, how="left"))
+
+
+def visible_tokens(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table's token columns as people read them (``opd_core.token_text.visible``), for display only."""
+    from opd_core.token_text import visible
+
+    out = frame.copy()
+    for column in ("token", "teacher_token"):
+        if column in out:
+            out[column] = out[column].map(lambda v: visible(v) if isinstance(v, str) else v)
+    return out

@@ -13,6 +13,7 @@ from app import state
 from app.inert import md
 from app.navigation import page
 from app.sources import RunRef, discover_runs, resolve_run_key, run_sources
+from opd_core import runs
 
 RUN_STATE = "opd_run"
 RUNS_STATE = "opd_runs"
@@ -118,7 +119,21 @@ def pick_run(refs: Sequence[RunRef], label: str = "Run") -> RunRef:
                           help="Sample runs ship with OPD Lab; your runs come from --runs-dir.")
     st.query_params["run"] = choice
     st.session_state[_URL_SEEN] = choice
+    show_problems(by_key[choice])
     return by_key[choice]
+
+
+def show_problems(run: RunRef) -> None:
+    """Name the run's damaged files (``path: reason`` each) above what the page can still show of it."""
+    try:
+        problems = list(getattr(runs.summarize_run(run.path), "problems", None) or [])
+    except Exception as exc:  # noqa: BLE001 - an engine that still raises is named the same way
+        problems = [describe(exc)]
+    if problems:
+        shown = "; ".join(md(p) for p in problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6
+                                                           else "")
+        st.warning(f"**{md(run.label)}** has damaged files, left out of what follows: {shown}",
+                   icon=":material/broken_image:")
 
 
 def pick_runs(refs: Sequence[RunRef], label: str = "Runs", default_count: int = 4) -> list[RunRef]:

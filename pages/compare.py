@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import charts, state, tables, widgets
-from app.inert import md
+from app.inert import md, plain_frame
 
 widgets.header("Compare", "Which objective did best? Overlay runs on any metric and read the summary table.")
 refs = widgets.runs_or_notice()
@@ -40,7 +40,7 @@ else:
 
 summary = tables.compare_summary(frames, flags)
 st.subheader("Summary")
-st.dataframe(summary, hide_index=True, width="stretch",
+st.dataframe(plain_frame(summary), hide_index=True, width="stretch",
              column_config={"final_eval_accuracy": st.column_config.NumberColumn("final eval acc", format="%.3f"),
                             "best_eval_accuracy": st.column_config.NumberColumn("best eval acc", format="%.3f"),
                             "mean_grad_norm": st.column_config.NumberColumn("mean grad norm", format="%.3g"),

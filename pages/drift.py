@@ -25,7 +25,9 @@ c1, c2, c3 = st.columns([2, 2, 1])
 measure = c1.selectbox("Drift measured as", measures, format_func=MEASURES.get, key="drift_measure")
 stat = c2.selectbox("Teacher statistic", list(charts.STAT_TITLES), format_func=charts.STAT_TITLES.get,
                     key="drift_stat")
-bins = c3.slider("Bins", 2, 12, 8, key="drift_bins")
+bins = c3.slider("Bins (at most)", 2, 12, 8, key="drift_bins",
+                 help="Equal-count bins: where many tokens share a value, neighbouring bins merge, so fewer may be "
+                      "drawn. The chart's caption says how many.")
 view = widgets.guarded(run, state.drift_view, run.path, chosen, measure, bins)
 summary = view["summary"]
 
@@ -36,8 +38,9 @@ c[2].metric("…its own rollouts", widgets.fmt(summary.get("teacher_entropy_refe
             help="Teacher-prefix rollouts, logged as the reference line (not trained on).")
 c[3].metric("drifted share of tokens", widgets.fmt(summary.get("drifted_share"), ".0%"))
 
+drawn = view["by_drift"]["bin_label"].nunique() if len(view["by_drift"]) else 0
 widgets.chart(charts.teacher_vs_drift_figure(view["by_drift"], stat, view["reference"]),
-              "Each point is the mean teacher statistic over tokens in that drift bin. If the red line (student "
+              f"{drawn} bins drawn (of at most {bins}). Each point is the mean teacher statistic over tokens in that drift bin. If the red line (student "
               "prefixes) climbs in entropy or falls in top-1 probability as drift grows while the dashed line "
               "(teacher on its own rollouts) stays low, the teacher is guessing where the student drifted.")
 if not view["reference"].get("n"):

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from app import charts, state, widgets
+from app import charts, state, tables, widgets
+from app.inert import plain_frame
 
 widgets.header("Imbalance", "Failure mode 1 — imbalanced token-level supervision: in sampled-token OPD the "
                             "log-ratio is near zero on most tokens and huge on a few, so a handful carry the update.")
@@ -42,7 +43,7 @@ with right:
                   "Above the dotted 50% line the teacher mostly pushes the student's own samples down.")
 
 st.subheader("The tokens carrying the most signal")
-st.dataframe(view["top_tokens"], hide_index=True, width="stretch")
+st.dataframe(plain_frame(tables.visible_tokens(view["top_tokens"])), hide_index=True, width="stretch")
 st.caption("The largest |signal| tokens of the analysed steps. Open one in the Token inspector (same step and "
            "sample) to read its context and both models' candidates.")
 widgets.link_to("Token inspector", run, "Read these tokens in the Token inspector")

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state, tables, widgets
-from app.inert import md
+from app.inert import md, plain_frame
 from app.token_strip import (
     candidates,
     colourable_columns,
@@ -193,7 +193,7 @@ with left:
     else:
         table["teacher_token"] = [visible(str(t)) for t in table["teacher_token"]]
     table["student_token"] = [visible(str(t)) for t in table["student_token"]]
-    st.dataframe(table.drop(columns=["teacher_id", "student_id"]), hide_index=True, width="stretch",
+    st.dataframe(plain_frame(table.drop(columns=["teacher_id", "student_id"])), hide_index=True, width="stretch",
                  column_config={"teacher_prob": st.column_config.ProgressColumn("teacher p", min_value=0.0,
                                                                                 max_value=1.0, format="%.3f"),
                                 "student_prob": st.column_config.ProgressColumn("student p", min_value=0.0,
@@ -205,11 +205,11 @@ with right:
              else str(v) for k, v in details.items()]
     if reading.literal and "teacher_rank" in details:
         shown[list(details).index("teacher_rank")] = "n/a (scored as text)"
-    st.dataframe(pd.DataFrame({"value": shown}, index=list(details)), width="stretch")
+    st.dataframe(plain_frame(pd.DataFrame({"value": shown}, index=list(details))), width="stretch")
     if st.toggle("Raw vocabulary strings", key="insp_raw",
                  help="The token as the vocabulary spells it (byte-level markers and all), not as text reads."):
         raw = {c: repr(row[c]) for c in ("token_raw", "token", "teacher_token") if c in row}
-        st.dataframe(pd.DataFrame({"raw": list(raw.values())}, index=list(raw)), width="stretch")
+        st.dataframe(plain_frame(pd.DataFrame({"raw": list(raw.values())}, index=list(raw))), width="stretch")
 st.caption("Left: the teacher's and the student's K most likely next tokens at this prefix, with probabilities; "
            "the sampled token is what the student actually wrote. Right: the logged values at this position.")
 
@@ -230,4 +230,4 @@ with st.expander("All token records of this sample"):
     for c in ("token", "teacher_token"):
         if c in shown_rows:
             shown_rows[c] = shown_rows[c].map(lambda v: visible(str(v)))
-    st.dataframe(shown_rows, hide_index=True, width="stretch")
+    st.dataframe(plain_frame(shown_rows), hide_index=True, width="stretch")

@@ -98,6 +98,9 @@ st.dataframe(
     result.topk[["estimator", "bias", "bias_vs_token_kl", "cosine", "variance"]],
     hide_index=True,
     width="stretch",
+    # Three significant digits: a float64 rounding residue reads 7e-16, not 0.0000000000000007.
+    column_config={c: st.column_config.NumberColumn(c.replace("_", " "), format="%.3g")
+                   for c in ("bias", "bias_vs_token_kl", "cosine", "variance")},
 )
 dense = result.topk[result.topk["kind"] != "sampled_token"].sort_values("bias_vs_token_kl")
 st.markdown(

@@ -129,6 +129,34 @@ def _latest_tokens(run_id: str) -> None:
         st.html(token_strip_html(rows, colour, legend=False))
 
 
+HEALTH_SEEN = "_live_health_seen"  # finding titles already shown per run, so only new ones raise a toast
+
+
+def _live_health(run_id: str) -> None:
+    """The focus run's health findings, re-evaluated on its new records; a finding that appears is announced."""
+    report = state.live_health_report(runs.run_path(runs_dir, run_id))
+    findings = [f for f in report.findings if f.severity in ("critical", "warning", "info")]
+    order = {"critical": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.severity])
+    all_seen = st.session_state.setdefault(HEALTH_SEEN, {})
+    looked = run_id in all_seen  # the first look at a run lists its findings; later appearances are news
+    seen = all_seen.setdefault(run_id, set())
+    for f in (f for f in findings if f.title not in seen and looked):
+        st.toast(f"{md(run_id)}: new {f.severity} finding: {md(f.title)}", icon=":material/health_and_safety:")
+    seen.update(f.title for f in findings)
+    critical = sum(f.severity == "critical" for f in findings)
+    label = (f"Health: {critical} critical, {len(findings) - critical} other finding(s)" if findings
+             else "Health: no findings so far")
+    with st.expander(label, expanded=critical > 0, icon=":material/health_and_safety:"):
+        if not findings:
+            st.caption("Re-evaluated as new token records are written; findings appear here as they emerge.")
+        for f in findings:
+            icon = {"critical": ":red[:material/error:]", "warning": ":orange[:material/warning:]"}.get(
+                f.severity, ":blue[:material/info:]")
+            st.markdown(f"{icon} **{md(f.title)}**  \n**Fix:** {md(f.fix, None)}")
+        widgets.link_to("Health", None, "Open the full health report")
+
+
 def live_view() -> None:
     """Everything that updates while the runs train (re-run every REFRESH_S seconds while any is active)."""
     launcher.pump(runs_dir)
@@ -169,15 +197,25 @@ def live_view() -> None:
     elif p.state == "stopped":
         st.info(f"{md(focus)} stopped at step {p.step}; Resume continues from its last checkpoint.",
                 icon=STATE_ICONS["stopped"])
-    _controls(focus, p)
+    try:
+        _controls(focus, p)
+    except Exception as exc:  # noqa: BLE001 - damaged checkpoints hide the controls, not the page
+        widgets.problem(focus, exc)
     if st.session_state.get("_live_forked"):
         st.success(f"Forked into {md(st.session_state['_live_forked'])} (now watched above).", icon=":material/check:")
+    try:
+        _live_health(focus)
+    except Exception as exc:  # noqa: BLE001 - a report that cannot be made is named, the view stays
+        widgets.problem(focus, exc)
     try:
         _latest_tokens(focus)
     except Exception as exc:  # noqa: BLE001 - a damaged token file hides the strip, not the controls
         widgets.problem(focus, exc)
     with st.expander("Log tail", expanded=p.state == "failed"):
-        st.code(launcher.log_tail(runs.run_path(runs_dir, focus)) or "(empty)", language=None)
+        try:
+            st.code(launcher.log_tail(runs.run_path(runs_dir, focus)) or "(empty)", language=None)
+        except Exception as exc:  # noqa: BLE001 - a damaged log.txt is named; the rest of the view stays
+            widgets.problem(focus, exc)
     if active != st.session_state.get("_live_active", active):
         st.session_state["_live_active"] = active
         st.rerun(scope="app")  # switch auto-refresh on or off

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import charts, state, tables, widgets
-from app.inert import md
+from app.inert import md, plain_frame
 from app.token_strip import pieces_html
 from opd_core.diagnostics import mismatch
 from opd_core.token_text import visible
@@ -39,7 +39,7 @@ else:
     b.markdown(f"**Teacher** · vocabulary {md(alignment.get('vocab_size_b', '–'))} · EOS "
                f"**{md(visible(str(alignment.get('eos_b'))))}**")
     specials = alignment.get("special_tokens") if isinstance(alignment.get("special_tokens"), dict) else {}
-    st.dataframe(tables.special_token_table(specials), hide_index=True, width="stretch",
+    st.dataframe(plain_frame(tables.special_token_table(specials)), hide_index=True, width="stretch",
                  column_config={"same": st.column_config.TextColumn("same?", width="small")})
     st.caption("Special tokens side by side: a role whose strings differ (or that one side lacks) is a token the "
                "teacher reads as something else. Mask it, or map EOS by meaning.")
@@ -76,6 +76,6 @@ with right:
         st.info("No response_len metric logged.", icon=":material/info:")
 
 st.subheader("Largest log-ratios: what the student wrote vs what the teacher read")
-st.dataframe(view["largest"], hide_index=True, width="stretch")
+st.dataframe(plain_frame(tables.visible_tokens(view["largest"])), hide_index=True, width="stretch")
 st.caption("Tokens with the most negative teacher-minus-student log-probability. Where `teacher_token` differs "
            "from `token`, the teacher read a different string at that position: a re-tokenisation diff.")

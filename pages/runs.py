@@ -68,8 +68,6 @@ c[0].metric("status", md(summary.state))
 c[1].metric("step", f"{summary.step or 0}" + (f" / {summary.total_steps}" if summary.total_steps else ""))
 c[2].metric("objective", md(summary.objective or "–"))
 c[3].metric("logged token steps", len(widgets.guarded(run, state.token_steps, run.path)))
-for problem in getattr(summary, "problems", None) or []:
-    st.warning(md(problem), icon=":material/broken_image:")
 if isinstance(status, dict) and status.get("error"):
     st.warning(f"This run reports: {md(status['error'])}", icon=":material/report:")
 metrics = widgets.guarded(run, state.metrics, run.path)

@@ -77,7 +77,7 @@ def _chart_titles(at: AppTest) -> list[str]:
     ("runs", {"Diagnose this run", "Compare these runs"}),
     ("inspector", {"Run", "Step", "Sample", "Colour tokens by", "Position", "Hide masked", "Hide special"}),
     ("imbalance", {"Run", "Logged steps analysed"}),
-    ("drift", {"Run", "Drift measured as", "Teacher statistic", "Bins"}),
+    ("drift", {"Run", "Drift measured as", "Teacher statistic", "Bins (at most)"}),
     ("mismatch", {"Run", "Logged steps analysed"}),
     ("health", {"Run"}),
     ("compare", {"Runs to compare", "Metric", "x axis", "Smoothing"}),
@@ -346,6 +346,10 @@ def test_hostile_strings_reach_markdown_escaped_on_every_page(monkeypatch, tmp_p
             live = re.sub(r"\\.", "", body)  # what Markdown still interprets once backslash escapes are gone
             for active in ("![x](", "](http", "`tick`", "$$", "<img", "\x00", "\u202e"):
                 assert active not in live, (page, active, body)
+            assert "http://" not in re.sub(r"\\(.)", r"\1", body), (page, "autolink", body)
+        for frame in at.dataframe:
+            cells = frame.value.astype(str).to_numpy().ravel().tolist() + [str(i) for i in frame.value.index]
+            assert not any("\u202e" in c or "\x00" in c for c in cells), (page, "bidi or NUL in a table")
         assert "<img" not in _html(at).replace("&lt;img", ""), page
 
 
@@ -464,3 +468,36 @@ def test_sample_filters_keep_only_matching_samples(monkeypatch, tmp_path) -> Non
     at.run()
     kept = next(s for s in at.selectbox if s.label == "Sample").options
     assert 0 < len(kept) < len(every) and all("did not stop" in k for k in kept)
+
+
+@pytest.mark.slow
+def test_every_page_opens_on_every_generated_corrupt_run_without_an_exception(monkeypatch, tmp_path) -> None:
+    from tests.corrupt_runs import describe, make_corrupt_runs
+
+    dirs = make_corrupt_runs(tmp_path)
+    assert len(dirs) >= 50
+    base = dirs[0].parent
+    at = _app(monkeypatch, base)
+    _open(at, "runs")  # every run on one table, each damaged one with its problem
+    table = at.dataframe[0].value
+    assert len(table) >= 50
+    ids = [d.name for d in dirs if (base / d.name).is_dir()]
+    for page in PAGES_READING_RUNS:
+        for run_id in ids:
+            at.session_state["opd_run"] = f"runs:{run_id}"
+            at.session_state["opd_runs"] = [f"runs:{run_id}"]
+            at.session_state["opd_live_runs"] = [run_id]
+            at.switch_page(f"../pages/{page}.py").run()
+            assert not at.exception, f"{page} on {run_id} ({describe(base / run_id)}): {at.exception[0].value}"
+
+
+def test_live_shows_the_runs_health_and_announces_findings_that_appear(monkeypatch, runs_dir) -> None:
+    at = _app(monkeypatch, runs_dir)
+    at.session_state["opd_live_runs"] = ["alpha"]
+    _open(at, "live")
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("Health: ") and "critical" in label for label in labels), labels
+    assert not at.toast  # the first look lists the findings without announcing them
+    at.session_state["_live_health_seen"] = {"alpha": set()}  # as if they appeared since the last refresh
+    at.run()
+    assert at.toast and any("new critical finding" in t.value for t in at.toast)

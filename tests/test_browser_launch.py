@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from app import config_form
 from opd_core import launcher, runs
 from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
 
@@ -86,8 +87,8 @@ def test_launch_watch_stop_resume_and_fork_in_the_browser(server, page) -> None:
     page.get_by_role("heading", name="Launch", exact=True).wait_for(timeout=60_000)
     _settled(page)
     _set_text(page, "Run name (optional)", "browser-base")
-    for label, value in RUN_SETTINGS.items():
-        _set_text(page, label, value)
+    for name, value in RUN_SETTINGS.items():
+        _set_text(page, config_form.label(name), value)
     _no_error_box(page)
     page.get_by_role("button", name="Launch").click()
     page.get_by_text(re.compile(r"Run\s*browser-base\s*is (running|queued)")).first.wait_for(timeout=30_000)

@@ -15,7 +15,9 @@ def test_lorenz_figure_draws_the_curve_against_the_equality_line() -> None:
     lorenz = pd.DataFrame({"token_share": [0, 0.5, 1], "signal_share": [0, 0.1, 1]})
     fig = charts.lorenz_figure(lorenz, gini=0.6)
     assert isinstance(fig, go.Figure) and len(fig.data) == 2
-    assert list(fig.data[0].y) == [0, 1]
+    # The equality line shares the curve's x points (a 2-point diagonal filled against a 200-point curve
+    # drew the gap as a staircase).
+    assert list(fig.data[0].x) == list(fig.data[1].x) and list(fig.data[0].y) == [0, 0.5, 1]
     assert list(fig.data[1].y) == [0, 0.1, 1]
     assert "0.60" in fig.data[1].name
 
@@ -36,8 +38,12 @@ def test_signal_by_kind_shows_signal_share_and_token_share() -> None:
     by_kind = pd.DataFrame({"kind": ["digit", "special"], "share": [0.2, 0.8], "n": [90, 10],
                             "mean_abs_signal": [0.1, 5.0]})
     fig = charts.signal_by_kind_figure(by_kind)
-    assert list(fig.data[0].y) == [0.2, 0.8]
-    assert list(fig.data[1].y) == pytest.approx([0.9, 0.1])
+    bars = [t for t in fig.data if t.type == "bar"]
+    # One bar trace per kind, so each colour has its own legend key.
+    assert [list(t.y) for t in bars] == [[0.2], [0.8]] and [t.name.split(":")[0] for t in bars] == ["digit", "special"]
+    assert bars[1].marker.color == charts.KIND_COLOURS["special"]
+    ticks = next(t for t in fig.data if t.type == "scatter")
+    assert list(ticks.y) == pytest.approx([0.9, 0.1])
 
 
 def test_teacher_vs_drift_has_one_line_per_prefix_source_and_the_reference_line() -> None:

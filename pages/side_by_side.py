@@ -1,0 +1,106 @@
+"""Side by side: two runs (or two steps of one run) answering the same prompt, as token strips coloured by
+the same column on the same scale, or by their per-token difference."""
+
+import pandas as pd
+import streamlit as st
+
+from app import state, tables, widgets
+from app.inert import md, plain_frame
+from app.token_strip import color_scale, colourable_columns, token_strip_html
+from opd_core.token_text import visible
+
+widgets.header("Side by side", "Did the fix change what the student writes? Two rollouts of the same prompt, "
+                               "token by token, on one colour scale.")
+refs = widgets.runs_or_notice()
+by_key = {r.key: r for r in refs}
+first = widgets.default_run(refs)
+baseline_next = [r for r in refs if r.key != first.key]
+if st.query_params.get("run") in by_key and "sbs_a" not in st.session_state:
+    st.session_state["sbs_a"] = st.query_params["run"]
+if st.query_params.get("run_b") in by_key and "sbs_b" not in st.session_state:
+    st.session_state["sbs_b"] = st.query_params["run_b"]
+st.session_state.setdefault("sbs_a", first.key)
+st.session_state.setdefault("sbs_b", next((r.key for r in baseline_next if r.run_id == "masked-sampled-token"),
+                                          (baseline_next or refs)[0].key))
+
+
+def _side(column, name: str, run_key: str) -> tuple:
+    """One side's run and step pickers; returns (run, step) or stops the page with the run's problem."""
+    run_key = column.selectbox(f"Run {name}", list(by_key), key=f"sbs_{name.lower()}",
+                               format_func=lambda k: by_key[k].label)
+    run = by_key[run_key]
+    steps = widgets.guarded(run, state.token_steps, run.path)
+    if not steps:
+        column.info(f"{md(run.label)} has no token records yet.", icon=":material/hourglass:")
+        st.stop()
+    key = f"sbs_step_{name.lower()}:{run.key}"
+    if st.session_state.get(key) not in steps:
+        st.session_state[key] = steps[-1]
+    step = column.selectbox(f"Step {name}", steps, key=key)
+    return run, step
+
+
+left, right = st.columns(2)
+run_a, step_a = _side(left, "A", st.session_state["sbs_a"])
+run_b, step_b = _side(right, "B", st.session_state["sbs_b"])
+st.query_params.update({"run": run_a.key, "run_b": run_b.key})
+
+index_a = widgets.guarded(run_a, state.tokens, run_a.path, [step_a], ["sample", "prompt", "prefix_source"])
+index_b = widgets.guarded(run_b, state.tokens, run_b.path, [step_b], ["sample", "prompt", "prefix_source"])
+prompts_a = index_a.drop_duplicates("sample") if "prompt" in index_a else pd.DataFrame(columns=["sample", "prompt"])
+prompts_b = index_b.drop_duplicates("sample") if "prompt" in index_b else pd.DataFrame(columns=["sample", "prompt"])
+common = [p for p in dict.fromkeys(prompts_a.get("prompt", [])) if p in set(prompts_b.get("prompt", []))]
+
+if common:
+    prompt = st.selectbox("Prompt (asked on both sides)", common, key="sbs_prompt",
+                          format_func=lambda p: visible(str(p))[:120])
+    samples_a = sorted(int(s) for s in prompts_a.loc[prompts_a["prompt"] == prompt, "sample"])
+    samples_b = sorted(int(s) for s in prompts_b.loc[prompts_b["prompt"] == prompt, "sample"])
+else:
+    st.caption("These two steps asked different prompts: pick a sample on each side.")
+    samples_a = sorted(int(s) for s in index_a["sample"].unique())
+    samples_b = sorted(int(s) for s in index_b["sample"].unique())
+c1, c2 = st.columns(2)
+sample_a = c1.selectbox("Sample A", samples_a, key=f"sbs_sample_a:{run_a.key}:{step_a}",
+                        help="Rollouts of this prompt on side A (several when num_rollouts > 1).")
+sample_b = c2.selectbox("Sample B", samples_b, key=f"sbs_sample_b:{run_b.key}:{step_b}")
+
+rows_a = widgets.guarded(run_a, state.tokens, run_a.path, [step_a], state.INSPECTOR_COLUMNS,
+                         filters=[("sample", "in", [int(sample_a)])]).sort_values("pos")
+rows_b = widgets.guarded(run_b, state.tokens, run_b.path, [step_b], state.INSPECTOR_COLUMNS,
+                         filters=[("sample", "in", [int(sample_b)])]).sort_values("pos")
+options = [c for c in colourable_columns(rows_a.columns) if c in set(rows_b.columns)]
+if rows_a.empty or rows_b.empty or not options:
+    st.info("One of the two rollouts has no token records to colour.", icon=":material/info:")
+    st.stop()
+o1, o2 = st.columns([2, 1], vertical_alignment="bottom")
+colour = o1.selectbox("Colour both by", options, key="sbs_colour")
+difference = o2.toggle("Colour by the difference B − A", key="sbs_diff",
+                       help="Each token takes the colour of B's value minus A's at the same position.")
+if difference:
+    rows_a, rows_b = tables.position_difference(rows_a, rows_b, colour)
+    shown = f"{colour}_diff"
+else:
+    shown = colour
+# One scale for both strips, so the same colour means the same value on either side.
+scale = color_scale(pd.concat([rows_a[shown], rows_b[shown]], ignore_index=True), shown)
+alignment_a = widgets.guarded(run_a, state.alignment, run_a.path)
+alignment_b = widgets.guarded(run_b, state.alignment, run_b.path)
+for side, run, step, rows, alignment in (("A", run_a, step_a, rows_a, alignment_a),
+                                         ("B", run_b, step_b, rows_b, alignment_b)):
+    with st.container(border=True, key=f"sbs_strip_{side.lower()}"):
+        verdict = ""
+        if "correct" in rows and pd.notna(rows["correct"].iloc[0]):
+            verdict = " · :green[correct]" if bool(rows["correct"].iloc[0]) else " · :red[wrong]"
+        st.markdown(f"**{side}: {md(run.label)}** · step {step} · {len(rows)} tokens{verdict}")
+        st.html(token_strip_html(rows, shown, scale=scale, legend=side == "A", alignment=alignment))
+st.caption("Both strips share one colour scale (legend above A). With the difference on, a token is coloured by "
+           "B's value minus A's at the same position: where the two rollouts diverge, the colours say by how much.")
+summary = pd.DataFrame({
+    "side": ["A", "B"],
+    "run": [run_a.label, run_b.label],
+    "tokens": [len(rows_a), len(rows_b)],
+    f"mean {colour}": [pd.to_numeric(rows_a[colour], errors="coerce").mean(),
+                       pd.to_numeric(rows_b[colour], errors="coerce").mean()],
+})
+st.dataframe(plain_frame(summary), hide_index=True, width="stretch")
