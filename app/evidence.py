@@ -26,20 +26,12 @@ KEY_NUMBERS: dict[str, tuple[str, str]] = {
     "last": ("eval now", ".2f"),
 }
 MAX_TILES = 4
-# Failure mode -> the page that shows its evidence (a finding's own `page` wins while the engine names one).
-MODE_PAGES = {"imbalance": "Imbalance", "drift": "Teacher under drift", "mismatch": "Tokenizer mismatch",
-              "collapse": "Teacher under drift", "training": "Compare"}
-
-
 def page_title(finding: object) -> str:
-    """The dashboard page a finding links to: by its failure mode (or the page it names, older reports)."""
-    from app import navigation
+    """The dashboard page a finding links to: its failure mode (``view``) through ``navigation.MODE_PAGES``."""
+    from app.navigation import MODE_PAGES
 
-    mapping = getattr(navigation, "MODE_PAGES", None) or MODE_PAGES
-    page = getattr(finding, "view", None) or getattr(finding, "page", None)
-    if isinstance(page, str) and page in {s.title for s in navigation.PAGE_SPECS}:
-        return page
-    return mapping.get(str(page), mapping.get(getattr(finding, "mode", ""), "Runs"))
+    view = getattr(finding, "view", None) or getattr(finding, "mode", "")
+    return MODE_PAGES.get(str(view), "Health")
 
 
 def _format(value: object, spec: str) -> str | None:

@@ -16,24 +16,18 @@ import pandas as pd
 import streamlit as st
 
 from opd_core import runs
+from opd_core.diagnostics import collapse, drift, imbalance, mismatch
+from opd_core.schema import TOKEN_COLUMNS
 
-# Columns each view reads; optional ones missing from a run are simply ignored by runs.read_tokens.
-IMBALANCE_COLUMNS = ("step", "sample", "pos", "token", "token_id", "is_special", "is_eos", "masked",
-                     "signal", "log_ratio", "prefix_source", "reference_only")
-DRIFT_COLUMNS = ("step", "sample", "pos", "prefix_source", "masked", "reference_only", "drift",
-                 "tokens_since_off_support", "prefix_wrong", "teacher_entropy", "teacher_top1_prob",
-                 "teacher_rank", "log_ratio", "signal", "student_support_mass", "topk_overlap")
-MISMATCH_COLUMNS = ("step", "sample", "pos", "token", "token_id", "teacher_token", "is_special", "is_eos",
-                    "masked", "signal", "log_ratio", "student_logp", "teacher_logp", "reference_only",
-                    "prefix_source")
-INSPECTOR_COLUMNS = ("step", "sample", "pos", "token_id", "token", "is_special", "is_eos", "masked",
-                     "prefix_source", "student_logp", "teacher_logp", "log_ratio", "student_entropy",
-                     "teacher_entropy", "teacher_top1_prob", "teacher_rank", "in_teacher_topk",
-                     "in_student_topp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
-                     "student_topk_logps", "teacher_topk_tokens", "student_topk_tokens", "signal", "token_loss",
-                     "drift", "tokens_since_off_support", "prefix_wrong", "student_support_mass", "topk_overlap",
-                     "teacher_token", "reference_only", "response_text", "prompt", "correct", "reward", "format_ok",
-                     "teacher_pieces", "token_raw", "aligned")
+# Columns each view reads: the analyses' own declarations (opd_core.diagnostics.*.COLUMNS, opd_core.schema),
+# plus what the page shows beside them; optional ones missing from a run are ignored by runs.read_tokens.
+IMBALANCE_COLUMNS = tuple(dict.fromkeys((*imbalance.COLUMNS, "token_id")))
+DRIFT_COLUMNS = tuple(dict.fromkeys((*drift.COLUMNS, *collapse.COLUMNS, "log_ratio", "signal")))
+MISMATCH_COLUMNS = tuple(dict.fromkeys((*mismatch.COLUMNS, "token_id")))
+INSPECTOR_COLUMNS = tuple(dict.fromkeys((
+    *TOKEN_COLUMNS, "is_eos", "teacher_topk_tokens", "student_topk_tokens", "tokens_since_off_support",
+    "prefix_wrong", "student_support_mass", "topk_overlap", "teacher_token", "reference_only", "response_text",
+    "prompt", "correct", "reward", "format_ok", "teacher_pieces", "token_raw", "aligned", "masked_reason")))
 DEFAULT_STEP_WINDOW = 8
 
 

@@ -16,9 +16,6 @@ TAILS_STATE = "_live_tails"
 WATCH_WIDGET = "_w_live_runs"
 METRIC_CHOSEN = "_live_metric_chosen"  # set only when the user picks a metric; until then follow the default
 REFRESH_S = 2.0
-TOKEN_COLUMNS = ("step", "sample", "pos", "token", "token_id", "is_special", "masked", "signal", "log_ratio",
-                 "teacher_logp", "student_logp", "teacher_topk_ids", "teacher_topk_logps", "student_topk_ids",
-                 "student_topk_logps", "teacher_topk_tokens", "student_topk_tokens", "prompt", "prefix_source")
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "finished": ":material/check_circle:", "stopped": ":material/stop_circle:",
                "failed": ":material/error:"}
@@ -117,7 +114,7 @@ def _latest_tokens(run_id: str) -> None:
     if not steps:
         st.caption("No token records yet (written every `log_tokens_every` steps).")
         return
-    rows = state.tokens(run_dir, [steps[-1]], TOKEN_COLUMNS)
+    rows = state.tokens(run_dir, [steps[-1]], state.INSPECTOR_COLUMNS)
     if rows.empty:
         return
     sample = rows["sample"].min()
