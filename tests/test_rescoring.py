@@ -49,12 +49,15 @@ def _model(path: Path):
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_each_shipped_shape_scores_into_a_valid_run_whose_logps_equal_a_direct_forward(tmp_path, shape):
+def test_each_shipped_shape_scores_into_a_valid_run_whose_logps_equal_a_direct_forward(tmp_path, shape, capsys):
     from opd_core.diagnostics import format_report, health
 
-    result = score_rollouts(ROLLOUTS / SHAPES[shape], teacher="toy:matched", student="toy:matched",
-                            runs_dir=tmp_path, name=shape, batch_size=3, log=lambda _: None)
-    run = result.run_dir
+    code = main(["score", str(ROLLOUTS / SHAPES[shape]), "--teacher", "toy:matched", "--student", "toy:matched",
+                 "--runs-dir", str(tmp_path), "--name", shape, "--batch-size", "3", "--no-progress"])
+    out, err = capsys.readouterr()
+    run = Path(out.strip())
+    assert code == 0 and run == tmp_path / shape
+    assert "scored 16 responses" in err and "tokens/s" in err  # the throughput line
     assert runs.validate_run_dir(run) == []
     assert runs.read_status(run)["state"] == "finished"
     assert runs.token_steps(run) == [1, 2] and runs.read_metrics(run)["step"].tolist() == [1, 2]
