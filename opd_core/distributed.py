@@ -31,7 +31,12 @@ class DistInfo:
 
 
 def init_from_env() -> DistInfo:
-    """Join the process group that torchrun/accelerate described in the environment (no-op when alone)."""
+    """Join the process group that torchrun/accelerate described in the environment (no-op when alone).
+
+    ``accelerate launch --multi_gpu`` sets the same RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* variables as
+    torchrun (on a machine without GPUs too, where gloo is picked below); ``accelerate launch --cpu``
+    without MPI starts one process, which runs here as a single process.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
