@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from opd_core import runs, stats
-from opd_core.run_writer import metrics_record
+from opd_core.run_writer import metrics_record, write_alignment
 from opd_core.schema import REQUIRED_METRICS  # noqa: F401 - re-exported: the keys every metrics line carries
 from opd_core.sdk_writer import (  # noqa: F401 - NEUTRAL_VALUES and token_stats_from_logits are public here
     NEUTRAL_VALUES,
@@ -144,10 +144,7 @@ class OPDLogger:
                           started_at=self.t0, error=None)
         runs.mark_process(self.run_dir)
         if teacher_tokenizer is not None and tokenizer is not None:
-            from opd_core.alignment import compare_tokenizers
-
-            runs.atomic_write_json(self.run_dir / "alignment.json",
-                                   compare_tokenizers(tokenizer, teacher_tokenizer).to_dict())
+            write_alignment(self.run_dir, tokenizer, teacher_tokenizer)
         self._metrics_writer = runs.MetricsWriter(self.run_dir)
         self._writer = SDKWriter(self, max_pending)
         self._writer.start()

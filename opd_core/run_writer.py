@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,3 +212,17 @@ def metrics_record(record: Mapping[str, Any]) -> dict:
     for key in REQUIRED_METRICS:
         out.setdefault(key, None)
     return out
+
+
+def write_alignment(run_dir: Any, student_tokenizer: Any, teacher_tokenizer: Any, pair: Any = None) -> None:
+    """alignment.json: the tokenizer comparison of a run's pair (the mismatch page reads it); with the loop's
+    ``TokenizerPair`` also which student ids are masked and whether the vocabularies are shared."""
+    from opd_core import runs
+    from opd_core.alignment import compare_tokenizers
+
+    data = compare_tokenizers(student_tokenizer, teacher_tokenizer).to_dict()
+    if pair is not None:
+        data["masked_student_ids"] = sorted(pair.masked_ids)
+        data["masked_student_tokens"] = [pair.student_strings[i] for i in sorted(pair.masked_ids)]
+        data["shared_vocabulary"] = pair.shared
+    runs.atomic_write_json(Path(run_dir) / "alignment.json", data)

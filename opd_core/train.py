@@ -37,7 +37,7 @@ from opd_core.objectives.chunked import token_logprob_stats
 from opd_core.pairing import TokenizerPair
 from opd_core.progress import ProgressBar, timed
 from opd_core.rollout import Sampling, sample_responses
-from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table
+from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table, write_alignment
 from opd_core.scoring import build_batch, response_logits, score_teacher
 
 DEFAULT_SUPPORT_K = stats.DEFAULT_SUPPORT_K
@@ -347,15 +347,8 @@ class Trainer:
         self._pending.clear()
 
     def write_alignment(self) -> None:
-        """alignment.json: the tokenizer comparison of this run's pair, which the mismatch page reads."""
-        from opd_core.alignment import compare_tokenizers
-
-        report = compare_tokenizers(self.student.tokenizer, self.teacher.tokenizer)
-        data = report.to_dict()
-        data["masked_student_ids"] = sorted(self.pair.masked_ids)
-        data["masked_student_tokens"] = [self.pair.student_strings[i] for i in sorted(self.pair.masked_ids)]
-        data["shared_vocabulary"] = self.pair.shared
-        runs.atomic_write_json(self.run_dir / "alignment.json", data)
+        """alignment.json for this run's pair (``run_writer.write_alignment``)."""
+        write_alignment(self.run_dir, self.student.tokenizer, self.teacher.tokenizer, self.pair)
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
