@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opd_core.run_metrics import iter_metric_records, read_metrics
 from opd_core.run_tokens import token_file_problem, token_schema_columns, token_steps
 from opd_core.runs import (
     CHECKPOINTS_DIR,
@@ -25,10 +26,8 @@ from opd_core.runs import (
     RunFileError,
     is_run_dir,
     is_run_name,
-    iter_metric_records,
     read_config,
     read_json_object,
-    read_metrics,
     read_status,
 )
 
