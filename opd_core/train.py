@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opd_core import checkpoints, runs, stats
+from opd_core import checkpoints, fast_paths, runs, stats
 from opd_core.config import ConfigError, RunConfig
 from opd_core.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, any_rank
 from opd_core.loop_records import Reference, Rollout, Scored, StepResult, Update
@@ -39,6 +39,7 @@ from opd_core.progress import ProgressBar, timed
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table, write_alignment
 from opd_core.scoring import build_batch, response_logits, score_teacher
+from opd_core.student_head import response_hidden
 
 DEFAULT_SUPPORT_K = stats.DEFAULT_SUPPORT_K
 
@@ -98,6 +99,7 @@ class Trainer:
         self.params = dict(cfg.objective_params)
         self.needs = self.spec.needs_for(self.params)
         self.support_k = min(int(self.params.get("k", DEFAULT_SUPPORT_K)), self.pair.student_vocab_size)
+        self.fast_path = fast_paths.plan(cfg, cfg.objective, self.params, self.student.model)  # non-logging steps
         self.optimizer = torch.optim.AdamW(self.student.model.parameters(), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -141,8 +143,9 @@ class Trainer:
                        {ex.prompt: ex for ex in examples})
 
     # ------------------------------------------------------------------ score
-    def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool) -> Scored:
-        """One student forward (with grad when training) and one teacher forward over the same responses."""
+    def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool, head: bool = False) -> Scored:
+        """One student forward (with grad when training; with ``head`` its hidden states, not its logits)
+        and one teacher forward over the same responses."""
         responses = [r if r else [self.pair.student_eos_ids[0]] for r in responses]
         prompt_ids = [self.pair.student_prompt_ids(p) for p in prompts]
         batch = build_batch(prompt_ids, responses, self.pair.student_pad_id, self.device)
@@ -150,8 +153,9 @@ class Trainer:
         tau = self.cfg.score_temperature_value  # both models scored at softmax(z / tau) (docs/objectives.md)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
             with torch.set_grad_enabled(grad):
-                s_logits = response_logits(self.student.model, batch, self.pair.student_vocab_size)
-                if tau != 1.0:
+                s_head = response_hidden(self.student.model, batch, self.pair.student_vocab_size) if head else None
+                s_logits = None if s_head else response_logits(self.student.model, batch, self.pair.student_vocab_size)
+                if tau != 1.0:  # never on a fast-path step (fast_paths.plan)
                     s_logits = s_logits / tau
             t_scores = score_teacher(self.pair, self.teacher.model, views, batch, temperature=tau)
         ids, real = batch.response_ids, batch.response_mask
@@ -169,7 +173,7 @@ class Trainer:
             entropy = token_logprob_stats(s_logits.detach(), ids, top_k=0, chunk_tokens=None)["entropy"]
             kept = entropy_gate(entropy, mask, self.cfg.entropy_top_ratio)
             masks["entropy_gate"], mask = mask & ~kept, kept
-        return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special, eos, masks)
+        return Scored(prompts, responses, batch, s_logits, t_scores, views, mask, special, eos, masks, s_head)
 
     def _id_tensor(self, ids) -> torch.Tensor:
         return torch.tensor(sorted(ids), dtype=torch.long, device=self.device)
@@ -178,6 +182,8 @@ class Trainer:
     def objective(self, sc: Scored) -> ObjectiveOutput:
         """The objective's per-token loss and signal for a scored batch (the teacher view it needs)."""
         ids = sc.batch.response_ids
+        if sc.head is not None:  # a fast-path step (opd_core.fast_paths)
+            return self.fast_path.compute(sc, self.support_k, self.cfg.loss_reduction)
         ob = ObjectiveBatch(student_logits=sc.student_logits, sampled_ids=ids, mask=sc.mask)
         if self.needs is TeacherNeeds.FULL:
             ob.teacher_logits = sc.teacher.logits
@@ -231,8 +237,10 @@ class Trainer:
         with timed(timings, "t_rollout"):
             rollout = self.draw_rollout(step)
         with timed(timings, "t_score"):
-            sc = self.score(rollout.prompts, rollout.responses, grad=True)
-        self._check_finite(step, "student logits", sc.student_logits, "the student's weights diverged "
+            sc = self.score(rollout.prompts, rollout.responses, grad=True,
+                            head=self.fast_path is not None and not self.is_log_step(step))
+        self._check_finite(step, "student logits", sc.student_logits if sc.head is None else sc.head.hidden,
+                           "the student's weights diverged "
                            "(learning rate too high?) or the input contains NaN")
         self._check_finite(step, "teacher log-probs", sc.teacher.sampled_logp, "the teacher checkpoint produces "
                            "NaN (broken weights or an fp16 overflow: try dtype=float32)")
@@ -261,7 +269,7 @@ class Trainer:
         works on a top-K support (a sampled-token step does not otherwise pay for a top-K)."""
         if record is None:
             k = self.support_k if self.needs is not TeacherNeeds.SAMPLED else 0
-            record = stats.step_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
+            record = stats.step_stats(sc.full_student_logits(), sc.teacher.logits, sc.batch.response_ids,
                                       sc.teacher.sampled_logp, support_k=k, aligned=sc.teacher.aligned,
                                       signal=out.signal)
         metrics = stats.step_metrics(record, trained=sc.mask, real=sc.batch.response_mask, special=sc.special,

@@ -94,8 +94,9 @@ def test_memory_case_is_shrunk_to_the_largest_batch_that_fits():
 
 def test_quick_vocab_section_prints_the_three_step_rows_at_the_larger_vocabulary(quick_run):
     rows, cache = quick_run[2], quick_run[3]
-    assert len(rows) == 3, rows
-    for row, expected in zip(rows, EXPECTED_ROWS[:3]):
+    assert len(rows) == 5, rows  # three step-time rows, then peak RSS against each TRL trainer
+    assert [r["measurement"].startswith("peak RSS of the training process") for r in rows] == [False] * 3 + [True] * 2
+    for row, expected in zip(rows, EXPECTED_ROWS[:3] + ["peak RSS"] * 2):
         assert row["measurement"].startswith(expected), (expected, row)
         assert "V=4,096, random weights" in row["measurement"], row
         assert not row["ours"].startswith("failed"), row

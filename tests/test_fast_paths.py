@@ -7,7 +7,7 @@ import torch
 
 from opd_core.objectives import ObjectiveBatch, compute_objective, reduce_loss
 from opd_core.objectives.fused_head import fused_head_kl, reduction_weights
-from opd_core.scoring import step_stats
+from opd_core.stats import step_stats
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -91,12 +91,15 @@ def test_fused_head_kl_float32_matches_the_reference_to_1e_5():
 def test_fused_head_kl_statistics_are_the_step_statistics():
     hidden, weight, b, teacher, ids, mask = _problem(seed=3)
     logits = hidden @ weight.T + b
-    want = step_stats(logits, teacher, ids, top_k=5)
+    record = step_stats(logits, teacher, ids, support_k=5)
     with torch.no_grad():
         _, got = fused_head_kl(hidden, weight, b, teacher, ids, mask, support_k=5)
-    assert set(got) == set(want)
-    for name in want:
-        torch.testing.assert_close(got[name][mask], want[name][mask].to(got[name].dtype), **TOL)
+    names = {"student_logp": "student_logp", "teacher_entropy": "teacher_entropy", "reverse_kl": "reverse_kl",
+             "forward_kl": "forward_kl", "support_mass": "student_support_mass"}
+    assert set(got) == set(names)
+    for name, theirs in names.items():
+        want = getattr(record, theirs)
+        torch.testing.assert_close(got[name][mask], want[mask].to(got[name].dtype), **TOL)
         assert (got[name][~mask] == 0).all()
     top = torch.log_softmax(teacher, -1).topk(5, dim=-1).indices
     with torch.no_grad():
@@ -169,3 +172,48 @@ def test_response_hidden_rebuilds_the_models_own_response_logits_without_computi
     torch.testing.assert_close(got.logits(), want, rtol=1e-5, atol=1e-5)
     model.config.final_logit_softcapping = 30.0
     assert plain_head(model) is None and response_hidden(model, batch) is None
+
+
+@pytest.mark.parametrize("objective,params", [("reverse_kl", {}), ("topk_support", {"k": 8}),
+                                              ("topk_support", {"k": 8, "support": "teacher_topk_plus_sampled"})])
+def test_a_run_on_the_fast_path_logs_what_the_reference_path_logs(tmp_path, monkeypatch, objective, params):
+    from opd_core import fast_paths, runs
+    from opd_core.config import from_dict
+    from opd_core.train_entry import train
+
+    cfg = {"steps": 3, "prompts_per_step": 2, "num_rollouts": 2, "max_new_tokens": 12, "eval_every": 0,
+           "eval_size": 4, "log_tokens_every": 3, "checkpoint_every": 0, "reference_rollouts": False,
+           "objective": objective, "objective_params": params}
+    calls = []
+    original = fast_paths.FastPath.compute
+    monkeypatch.setattr(fast_paths.FastPath, "compute", lambda self, *a: calls.append(1) or original(self, *a))
+    fast = runs.read_metrics(train(from_dict(cfg), tmp_path, "fast"))
+    assert len(calls) == 1  # step 2 only: steps 1 and 3 log tokens and keep the full logits
+    monkeypatch.setattr(fast_paths, "plan", lambda *a, **k: None)
+    ref = runs.read_metrics(train(from_dict(cfg), tmp_path, "reference"))
+    assert len(calls) == 1
+    columns = ["loss", "grad_norm", "reverse_kl", "forward_kl", "mean_log_ratio", "student_entropy",
+               "signal_gini", *(["student_support_mass", "topk_overlap", "teachability"] if params else [])]
+    for col in columns:
+        assert fast[col].tolist() == pytest.approx(ref[col].tolist(), rel=1e-5, abs=1e-6), col
+
+
+def test_the_fast_path_is_planned_only_where_it_is_exact():
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from opd_core.fast_paths import plan
+    from opd_core.toy.presets import resolve_pair
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_pair("toy:matched")[0])
+    cfg = SimpleNamespace(autocast=False, entropy_top_ratio=1.0, score_temperature_value=1.0)
+    assert plan(cfg, "reverse_kl", {}, model) is not None
+    assert plan(cfg, "kl_mix", {"alpha": 0.2}, model).params["alpha"] == 0.2
+    assert plan(cfg, "topk_support", {"k": 4}, model) is not None
+    assert plan(cfg, "topk_support", {"k": 4, "tail_bucket": True}, model) is None
+    assert plan(cfg, "sampled_token", {}, model) is None
+    assert plan(SimpleNamespace(**{**vars(cfg), "autocast": True}), "reverse_kl", {}, model) is None
+    assert plan(SimpleNamespace(**{**vars(cfg), "entropy_top_ratio": 0.5}), "reverse_kl", {}, model) is None
+    assert plan(SimpleNamespace(**{**vars(cfg), "score_temperature_value": 2.0}), "reverse_kl", {}, model) is None
+    assert plan(cfg, "reverse_kl", {}, model.to(torch.bfloat16)) is None

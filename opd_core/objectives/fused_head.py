@@ -9,7 +9,7 @@ come from that chunk in one pass, and the gradient goes straight back through th
     forward KL  L = sum_j q_j (log q_j - log p_j)      dL/dx_j = p_j - q_j
 
 with p the student's softmax, q the teacher's. The same pass yields every step statistic that
-``scoring.step_stats`` computes (student log-prob of the sampled token, teacher entropy, both KLs, the
+``stats.step_stats`` computes (student log-prob of the sampled token, teacher entropy, both KLs, the
 student's mass on the teacher's top-K), so a step on this path makes no other pass over the vocabulary.
 
 Gradients are computed in the forward when the caller says how the per-token losses will be reduced
@@ -164,7 +164,7 @@ def fused_head_kl(
     ``hidden`` [B,T,H] (the student's final hidden states), ``weight`` [V,H] (its LM head, cut to the real
     vocabulary), ``teacher_logits`` [B,T,V], ``mask`` [B,T]: the tokens that carry the loss. alpha 0 is
     ``reverse_kl``, 1 ``forward_kl``. Returns the loss [B,T] (zero where masked, differentiable wrt hidden,
-    weight and bias) and the step statistics of ``scoring.step_stats`` on the same tokens, [B,T] each,
+    weight and bias) and the step statistics of ``stats.step_stats`` on the same tokens, [B,T] each,
     zero where masked (``support_mass`` only with ``support_k``: the mass on the teacher's top-``support_k``, or
     on ``support_ids`` [B,T,K] when the caller already has them). ``reduce_weights`` [B,T]: d scalar / d loss
     of the reduction the caller will apply (``reduction_weights``), which lets the forward compute the

@@ -1,0 +1,92 @@
+"""Which training steps may skip the student's [B,T,V] logits, and the objective on those steps.
+
+Why: the loop's reference path makes the student's full logits, a chunked loss that recomputes itself
+under autograd in the backward, and the logits' gradient. Two objectives need much less and get exactly
+the same loss and gradients (tests/test_fast_paths.py) from the student's final hidden states:
+
+* ``reverse_kl`` / ``forward_kl`` / ``kl_mix``: the LM head fused with the KL chunk by chunk, gradient
+  analytic and computed in the forward (``objectives.fused_head``);
+* ``topk_support`` renormalised on the teacher's top-K (+ the sampled token): K+1 head rows per token
+  (``objectives.support_head``).
+
+Only non-logging steps take a fast path: a logging step's per-token record needs both full
+distributions. A step's metrics still come from ``stats.step_stats`` over the student's full logits,
+recomputed under no_grad from the hidden states (one matmul, no gradient kept), so every metric means
+what it meant. Anything the fast paths cannot reproduce bit-for-bit in spirit keeps the reference path:
+a head with logit scaling or soft-capping, bf16 autocast or non-float32 student weights, score
+temperature, entropy gating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from opd_core.objectives import ObjectiveOutput, reduce_loss
+from opd_core.objectives.fused_head import fused_head_kl, reduction_weights
+from opd_core.objectives.support_head import restricts, topk_support_on_head
+from opd_core.student_head import HeadInputs, plain_head
+
+KL_ALPHA = {"reverse_kl": lambda p: 0.0, "forward_kl": lambda p: 1.0, "kl_mix": lambda p: float(p["alpha"])}
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The fast path a run's objective takes on non-logging steps."""
+
+    objective: str
+    params: dict[str, Any]
+
+    def run(self, head: HeadInputs, sampled_ids: Tensor, mask: Tensor, *, teacher_logits: Tensor | None = None,
+            teacher_topk_ids: Tensor | None = None, teacher_topk_logps: Tensor | None = None,
+            teacher_sampled_logp: Tensor | None = None, reduction: str = "token_mean") -> ObjectiveOutput:
+        """The objective's output from the student's hidden states (what ``compute_objective`` returns on the
+        full logits, but for the extra ``student_support_mass``, which needs the full distribution)."""
+        if self.objective == "topk_support":
+            assert teacher_topk_ids is not None and teacher_topk_logps is not None
+            return topk_support_on_head(head, sampled_ids, mask, teacher_topk_ids, teacher_topk_logps,
+                                        teacher_sampled_logp, k=self.params["k"], support=self.params["support"],
+                                        clip_log_ratio=self.params.get("clip_log_ratio"))
+        assert teacher_logits is not None
+        # announce the loop's reduction: a gradient proportional to it (any global count) is used as is
+        weights = reduction_weights(lambda x: reduce_loss(x, mask, reduction=reduction), mask)
+        loss, _ = fused_head_kl(head.hidden, head.weight, head.bias, teacher_logits, sampled_ids, mask,
+                                alpha=KL_ALPHA[self.objective](self.params), reduce_weights=weights)
+        return ObjectiveOutput(loss=loss, signal=loss.detach(), extras={}, value=loss.detach())
+
+    def compute(self, sc, support_k: int, reduction: str = "token_mean") -> ObjectiveOutput:
+        """The loop's objective on a fast-path step (``loop_records.Scored`` with ``head``)."""
+        from opd_core.objectives.chunked import token_logprob_stats
+
+        ids = sc.batch.response_ids
+        top = (token_logprob_stats(sc.teacher.logits, ids, top_k=support_k, chunk_tokens=None)
+               if self.objective == "topk_support" else {})
+        out = self.run(sc.head, ids, sc.mask, teacher_logits=sc.teacher.logits, teacher_topk_ids=top.get("topk_ids"),
+                       teacher_topk_logps=top.get("topk_logps"), teacher_sampled_logp=sc.teacher.sampled_logp,
+                       reduction=reduction)
+        sc.head = sc.head.frozen()  # the step's metrics read the head as it was before the optimizer step
+        return out
+
+
+def plan(cfg, objective: str, params: dict[str, Any], student: torch.nn.Module) -> FastPath | None:
+    """The run's fast path, or None when its objective or settings keep the reference path."""
+    from opd_core.objectives import validate_params
+
+    if getattr(cfg, "autocast", False) or plain_head(student) is None:
+        return None
+    if any(p.dtype != torch.float32 for p in student.parameters()):
+        return None
+    if float(getattr(cfg, "entropy_top_ratio", 1.0)) != 1.0:
+        return None
+    temperature = getattr(cfg, "score_temperature_value", None)
+    if callable(temperature):
+        temperature = temperature()
+    if temperature not in (None, 1.0):
+        return None
+    resolved = validate_params(objective, params)
+    if objective in KL_ALPHA or (objective == "topk_support" and restricts(resolved)):
+        return FastPath(objective, resolved)
+    return None
