@@ -71,7 +71,7 @@ def _failed(measurement: str, why: str, goal: str) -> Row:
 
 
 # --------------------------------------------------------------------------------------- rows
-def step_rows(quick: bool, rounds: int, vocab: int = 0) -> list[Row]:
+def step_rows(quick: bool, rounds: int, vocab: int | str = 0, steps: int = 10) -> list[Row]:
     """Training step time, ours vs TRL, on the same pair, batch, length and objective family.
 
     ``vocab`` 0 is the trained toy pair; otherwise the toy sizes with that vocabulary and random weights
@@ -79,7 +79,7 @@ def step_rows(quick: bool, rounds: int, vocab: int = 0) -> list[Row]:
     """
     from benchmarks.vs_trl import compare
 
-    steps, batch, new = (3, 4, 6) if quick else (10, 32, 24)
+    steps, batch, new = (3, 4, 6) if quick else (steps, 32, 24)
     cases = ["ours:reverse_kl", "ours:topk_support", "trl:gkd", "trl:distillation"]
     per_round = [compare(cases, steps, batch, new, isolate=not quick, vocab=vocab, timeout=900)
                  for _ in range(rounds)]
@@ -125,7 +125,7 @@ def step_rows(quick: bool, rounds: int, vocab: int = 0) -> list[Row]:
     return rows
 
 
-def real_pair_rows(quick: bool, rounds: int) -> list[Row]:
+def real_pair_rows(quick: bool, rounds: int, steps: int = 10) -> list[Row]:
     """The step rows on the real SmolLM2 pair, or one line saying what to install."""
     from benchmarks.real_pair import available
 
@@ -133,7 +133,7 @@ def real_pair_rows(quick: bool, rounds: int) -> list[Row]:
     if why:
         print(f"[benchmarks] real: {why}", file=sys.__stderr__, flush=True)
         return [Row("step time on the real SmolLM2-135M pair", "skipped", "-", None, why, None)]
-    return step_rows(quick, rounds, REAL)
+    return step_rows(quick, rounds, REAL, steps)
 
 
 def memory_rows(quick: bool) -> list[Row]:
@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--rounds", type=int, default=2,
                         help="step-time rounds, cases interleaved (the best round counts; default 2)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="training steps per step-time case (the first 2 are warm-up; default 10)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help=f"where the generated page-speed runs and the realistic-vocab pair are kept "
                              f"(default {DEFAULT_CACHE})")
@@ -279,20 +281,21 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.steps < 3:
+        parser.error("--steps must be at least 3 (2 warm-up steps, then the measured ones)")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ["OPD_LAB_BENCH_CACHE"] = str(args.cache_dir)  # the realistic-vocab pair's workers build/read here
     sections = args.only or list(DEFAULT_SECTIONS)
     header = machine()
     start = time.perf_counter()
     rows: list[Row] = []
-    runners = {"step": lambda: step_rows(args.quick, 1 if args.quick else args.rounds),
+    rounds = 1 if args.quick else args.rounds
+    runners = {"step": lambda: step_rows(args.quick, rounds, 0, args.steps),
                "memory": lambda: memory_rows(args.quick), "logging": lambda: logging_rows(args.quick),
                "pages": lambda: page_rows(args.quick, args.cache_dir), "scaling": lambda: scaling_rows(args.quick),
-               "vocab": lambda: step_rows(args.quick, 1 if args.quick else args.rounds,
-                                          4096 if args.quick else VOCAB),
-               "vocab152": lambda: step_rows(args.quick, 1 if args.quick else args.rounds,
-                                             8192 if args.quick else VOCAB_LARGE),
-               "real": lambda: real_pair_rows(args.quick, 1 if args.quick else args.rounds)}
+               "vocab": lambda: step_rows(args.quick, rounds, 4096 if args.quick else VOCAB, args.steps),
+               "vocab152": lambda: step_rows(args.quick, rounds, 8192 if args.quick else VOCAB_LARGE, args.steps),
+               "real": lambda: real_pair_rows(args.quick, rounds, args.steps)}
     for name in sections:
         t0 = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)

@@ -105,8 +105,8 @@ def test_non_finite_logits_stop_the_run_as_failed_naming_step_and_tensor(tmp_pat
     runs.write_config(run_dir, cfg.to_dict())
     original = Trainer.score
 
-    def poisoned(self, prompts, responses, *, grad):
-        sc = original(self, prompts, responses, grad=grad)
+    def poisoned(self, prompts, responses, *, grad, **kw):
+        sc = original(self, prompts, responses, grad=grad, **kw)
         if grad and self._poison_step():
             sc.student_logits = sc.student_logits * float("nan")
         return sc
