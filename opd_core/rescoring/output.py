@@ -109,7 +109,7 @@ def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
     per_sample = df.drop_duplicates("sample")
     lengths = per_sample["response_len"].to_numpy()
     # One flat row of tokens: the same reductions as the loop and the SDK (opd_core.stats.step_metrics).
-    record = stats.record_from_columns({c: df[c].to_numpy() for c in df.columns})
+    record = stats.record_from_columns({c: df[c].to_numpy().copy() for c in df.columns})  # writable for torch
     flat = torch.from_numpy(trained)[None]
     flag = {c: torch.from_numpy(df[c].to_numpy(bool) if c in df else np.zeros(len(df), bool))[None]
             for c in ("is_special", "is_eos")}
