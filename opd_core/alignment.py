@@ -1,10 +1,12 @@
-"""Compare two tokenizers and bridge them: the mismatch report, id maps by string, span alignment.
+"""Compare two tokenizers and bridge them: the mismatch report, id maps by text, span alignment.
 
 When student and teacher tokenizers differ, the teacher must be asked about the same *text*, never the
-same ids. This module says how far apart two tokenizers are (vocabulary overlap, ids that read as other
-strings, special tokens and chat templates side by side, how each side reads the other's EOS), maps ids by
-normalised string (special tokens by role), lists the student ids whose meaning differs on the teacher
-side, and attributes teacher tokens to student tokens by character offsets.
+same ids. This module says how far apart two tokenizers are (vocabulary overlap by decoded text, ids
+that read as other text, special tokens and chat templates side by side, EOS and end of turn, how each
+side reads the other's EOS), maps ids by text (special tokens by role), lists the student ids whose
+meaning differs on the teacher side, and attributes teacher tokens to student tokens by character
+offsets. Every vocabulary is read once (``opd_core.vocabulary``); nothing here re-reads a tokenizer
+per token.
 """
 
 from __future__ import annotations
@@ -12,113 +14,38 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-ROLES = ("eos", "bos", "pad", "unk")
+from opd_core.vocabulary import ROLES, Vocabulary, end_token_id, vocabulary
+
 MAX_LISTED_IDS = 50
-DEFAULT_SAMPLES = ["Hello, world! 12+34", "7+8=15;4+3+1=8;=85", "The answer is 1998."]
-
-
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """Invert GPT-2's byte-to-unicode table (byte-level BPE writes bytes as printable characters)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs = list(bs)
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def _space_style(tok: PreTrainedTokenizerBase) -> str:
-    """Tell how the tokenizer writes spaces in its vocabulary: 'byte_level', 'metaspace' or 'plain'."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        return "metaspace" if any("▁" in t for t in list(tok.get_vocab())[:2000]) else "plain"
-    spec = json.loads(backend.to_str())
-    found: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("type") in ("ByteLevel", "Metaspace"):
-                found.add(node["type"])
-            if node.get("type") == "Replace" and "▁" in json.dumps(node):
-                found.add("Metaspace")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk({k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")})
-    return "byte_level" if "ByteLevel" in found else "metaspace" if "Metaspace" in found else "plain"
-
-
-def normalise_token(token: str, style: str) -> str:
-    """Write a vocabulary entry as the text it stands for (byte-level 'Ġ' and SentencePiece '▁' as spaces)."""
-    if style == "byte_level":
-        decoder = _byte_decoder()
-        if all(ch in decoder for ch in token):
-            return bytes(decoder[ch] for ch in token).decode("utf-8", errors="backslashreplace")
-        return token
-    if style == "metaspace":
-        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-            return chr(int(token[3:5], 16))  # SentencePiece byte fallback
-        return token.replace("▁", " ")
-    return token
+SHOWN_IDS = 10
+DEFAULT_SAMPLES = ["Hello, world! 12+34", "7+8=15;4+3+1=8;=85", "The answer is 1998.", "  indented\n\ttab “quote”"]
 
 
 def token_strings(tok: PreTrainedTokenizerBase) -> list[str | None]:
-    """The normalised string of every id below len(tok) (None for holes in the vocabulary)."""
-    style = _space_style(tok)
-    special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
-    raw = tok.convert_ids_to_tokens(list(range(len(tok))))
-    return [None if t is None else (t if i in special else normalise_token(t, style)) for i, t in enumerate(raw)]
+    """The decoded text of every id below len(tok) (specials by name; None for holes in the vocabulary)."""
+    return list(vocabulary(tok).texts)
 
 
 def _as_tokenizer(tok: PreTrainedTokenizerBase | str | Path) -> PreTrainedTokenizerBase:
-    if isinstance(tok, (str, Path)):
+    if isinstance(tok, str | Path):
         from opd_core.models import load_tokenizer
 
         return load_tokenizer(tok)
     return tok
 
 
-def _role_ids(tok: PreTrainedTokenizerBase) -> dict[str, int | None]:
-    return {role: getattr(tok, f"{role}_token_id", None) for role in ROLES}
-
-
-def _template_markers(tok: PreTrainedTokenizerBase) -> list[str]:
-    """Special tokens the chat template writes (its turn markers and end of turn)."""
-    template = tok.chat_template if isinstance(getattr(tok, "chat_template", None), str) else ""
-    rendered = _render_sample(tok) or ""
-    specials = [t for t in tok.all_special_tokens if t]
-    return sorted({t for t in specials if t in template or t in rendered})
-
-
-def _render_sample(tok: PreTrainedTokenizerBase) -> str | None:
-    if not getattr(tok, "chat_template", None):
-        return None
-    messages = [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "4"}]
-    try:
-        return tok.apply_chat_template(messages, tokenize=False)
-    except Exception:  # a template that needs other roles or variables: report it as not renderable
-        return None
-
-
-def _special_table(tok: PreTrainedTokenizerBase) -> dict:
-    table = {role: {"token": getattr(tok, f"{role}_token", None), "id": tid}
-             for role, tid in _role_ids(tok).items()}
-    table["chat_markers"] = _template_markers(tok)
-    table["all_special"] = sorted(t for t in tok.all_special_tokens if t)
-    table["chat_template_sample"] = _render_sample(tok)
+def _special_table(tok: PreTrainedTokenizerBase, vocab: Vocabulary) -> dict:
+    table = {role: {"token": getattr(tok, f"{role}_token", None), "id": tid} for role, tid in vocab.roles.items()}
+    table["end_of_turn"] = vocab.end_of_turn
+    table["chat_markers"] = vocab.template.markers
+    table["all_special"] = sorted(vocab.raw[i] for i in vocab.special_ids if vocab.raw[i] is not None)
+    table["has_chat_template"] = vocab.template.present
+    table["chat_template_sample"] = vocab.template.sample
     return table
 
 
@@ -131,15 +58,21 @@ class TokenizerReport:
     vocab_size_a: int
     vocab_size_b: int
     shared_strings: int
-    overlap_ratio: float  # shared distinct strings / distinct strings on either side (1.0 = same vocabulary)
+    overlap_ratio: float  # shared distinct texts / distinct texts on either side (1.0 = same vocabulary)
     special_tokens: dict  # {"a": table, "b": table}
     eos_a: str | None
     eos_b: str | None
     eos_maps_to: dict  # how each side reads the other's EOS (by id, by string, in its template)
-    differing_ids: list[dict]  # ids present on both sides that read as different strings (first few)
+    differing_ids: list[dict]  # ids present on both sides that read as different text (first few)
     n_differing_ids: int
     chat_template_same: bool
     examples: list[dict] = field(default_factory=list)
+    end_of_turn_a: str | None = None
+    end_of_turn_b: str | None = None
+    ids_mapped_a_to_b: int = 0  # ids of A with a counterpart of the same text (or role) in B
+    style_a: str = ""
+    style_b: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The report as plain JSON-ready data."""
@@ -148,115 +81,156 @@ class TokenizerReport:
     def format_text(self) -> str:
         """The report as a short human-readable text."""
         a, b = self.special_tokens["a"], self.special_tokens["b"]
-        lines = [f"A: {self.name_a}", f"B: {self.name_b}",
-                 f"vocabulary: A {self.vocab_size_a}, B {self.vocab_size_b}, shared strings "
-                 f"{self.shared_strings} (overlap {self.overlap_ratio:.1%})",
-                 f"ids reading as different strings: {self.n_differing_ids}"]
-        lines += [f"  id {d['id']}: A {d['a']!r} / B {d['b']!r}" for d in self.differing_ids[:10]]
+        lines = [f"A: {self.name_a} ({self.style_a})", f"B: {self.name_b} ({self.style_b})",
+                 f"vocabulary: A {self.vocab_size_a}, B {self.vocab_size_b}, shared texts "
+                 f"{self.shared_strings} (overlap {self.overlap_ratio:.1%}); A ids with a B counterpart "
+                 f"{self.ids_mapped_a_to_b} of {self.vocab_size_a}",
+                 f"ids reading as different text: {self.n_differing_ids}"]
+        lines += [f"  id {d['id']}: A {d['a']!r} / B {d['b']!r}" for d in self.differing_ids[:SHOWN_IDS]]
+        if self.n_differing_ids > SHOWN_IDS:
+            lines.append(f"  … {self.n_differing_ids - SHOWN_IDS} more (--json lists the first {MAX_LISTED_IDS})")
         lines.append("special tokens (A | B):")
         for role in ROLES:
             lines.append(f"  {role:4s} {a[role]['token']!s:>20} ({a[role]['id']}) | {b[role]['token']} ({b[role]['id']})")
+        lines.append(f"  end of turn {a['end_of_turn']!s:>13} | {b['end_of_turn']}")
         lines.append(f"  chat markers  {a['chat_markers']} | {b['chat_markers']}")
+        lines.append(f"  all special   {len(a['all_special'])} | {len(b['all_special'])}")
         lines.append(f"chat template: {'same' if self.chat_template_same else 'different'}")
         lines.append(f"  A renders: {a['chat_template_sample']!r}")
         lines.append(f"  B renders: {b['chat_template_sample']!r}")
-        for side, info in self.eos_maps_to.items():
-            lines.append(f"EOS {side}: {info['summary']}")
+        if self.eos_a == self.eos_b and self.eos_maps_to["a_in_b"]["is_eos"]:
+            lines.append(f"EOS: both sides use {self.eos_a!r}")
+        else:
+            lines += [f"EOS {side}: {info['summary']}" for side, info in self.eos_maps_to.items()]
+        seen = set()
         for ex in self.examples:
+            if ex["text"] in seen:
+                continue
+            seen.add(ex["text"])
             flag = "DIFFERENT pieces" if not ex["same"] else "same pieces, other ids" if not ex["same_ids"] else "same"
             lines.append(f"re-tokenisation {flag}: {ex['text']!r}")
             if not ex["same"]:
                 lines.append(f"  A: {ex['tokens_a']}")
                 lines.append(f"  B: {ex['tokens_b']}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def _eos_reading(src: PreTrainedTokenizerBase, dst: PreTrainedTokenizerBase, dst_strings: list) -> dict:
-    """What dst makes of src's EOS: the string at the same id, how it tokenizes the text, template use."""
+def _eos_reading(src: PreTrainedTokenizerBase, dst: PreTrainedTokenizerBase, dst_vocab: Vocabulary) -> dict:
+    """What dst makes of src's EOS: the text at the same id, how it tokenizes the text, template use."""
     eos, eos_id = src.eos_token, src.eos_token_id
-    same_id = dst_strings[eos_id] if eos_id is not None and eos_id < len(dst_strings) else None
-    tokens = dst.tokenize(eos) if eos else []
-    in_template = bool(eos) and eos in (_render_sample(dst) or "")
+    same_id = dst_vocab.texts[eos_id] if eos_id is not None and eos_id < len(dst_vocab) else None
+    ids = dst(eos, add_special_tokens=False)["input_ids"] if eos else []
+    tokens = [dst_vocab.text(i) for i in ids]
+    in_template = bool(eos) and eos in (dst_vocab.template.sample or "")
     is_eos = eos == dst.eos_token
     if is_eos:
         summary = f"{eos!r} is also the other side's EOS"
     else:
-        summary = (f"{eos!r} is not the other side's EOS ({dst.eos_token!r}); it reads id {eos_id} as "
-                   f"{same_id!r}, tokenizes the text as {tokens} and its chat template "
-                   f"{'uses' if in_template else 'never uses'} it")
+        at_id = (f"reads id {eos_id} as {same_id!r}" if same_id is not None
+                 else f"has no id {eos_id}")
+        summary = (f"{eos!r} is not the other side's EOS ({dst.eos_token!r}); it {at_id}, tokenizes the text "
+                   f"as {tokens} and its chat template {'uses' if in_template else 'never uses'} it")
     return {"token": eos, "id": eos_id, "same_id_reads": same_id, "tokenized_as": tokens,
             "used_in_template": in_template, "is_eos": is_eos, "summary": summary}
 
 
-def _retokenise(tok_a: PreTrainedTokenizerBase, tok_b: PreTrainedTokenizerBase, text: str) -> dict:
+def _retokenise(tok_a, tok_b, vocab_a: Vocabulary, vocab_b: Vocabulary, text: str) -> dict:
     ids_a = tok_a(text, add_special_tokens=False)["input_ids"]
     ids_b = tok_b(text, add_special_tokens=False)["input_ids"]
-    tokens_a = [normalise_token(t, _space_style(tok_a)) for t in tok_a.convert_ids_to_tokens(ids_a)]
-    tokens_b = [normalise_token(t, _space_style(tok_b)) for t in tok_b.convert_ids_to_tokens(ids_b)]
+    tokens_a = [vocab_a.text(i) for i in ids_a]
+    tokens_b = [vocab_b.text(i) for i in ids_b]
     return {"text": text, "tokens_a": tokens_a, "tokens_b": tokens_b, "ids_a": ids_a, "ids_b": ids_b,
             "same": tokens_a == tokens_b, "same_ids": ids_a == ids_b}
 
 
+def turn_end_warnings(tok: PreTrainedTokenizerBase, side: str) -> list[str]:
+    """Sentences about one side's end of reply: no chat template, or an EOS that is not its end of turn."""
+    vocab = vocabulary(tok)
+    name = str(getattr(tok, "name_or_path", "") or side)
+    out = []
+    if not vocab.template.present:
+        out.append(f"{side} ({name}) has no chat template: prompts are the raw text after its BOS, with no turn "
+                   f"markers, and a reply ends with its EOS {tok.eos_token!r}")
+    elif vocab.end_of_turn and vocab.end_of_turn != tok.eos_token:
+        out.append(f"{side}: EOS {tok.eos_token!r} is not the token that ends an assistant turn in its chat "
+                   f"template ({vocab.end_of_turn!r}); replies end with {vocab.end_of_turn!r}")
+    return out
+
+
 def compare_tokenizers(a: PreTrainedTokenizerBase | str | Path, b: PreTrainedTokenizerBase | str | Path,
-                       sample_texts: list[str] | None = None) -> TokenizerReport:
+                       sample_texts: list[str] | None = None, names: tuple[str, str] | None = None) -> TokenizerReport:
     """Build the mismatch report of two tokenizers (objects or folders)."""
     tok_a, tok_b = _as_tokenizer(a), _as_tokenizer(b)
-    strings_a, strings_b = token_strings(tok_a), token_strings(tok_b)
-    set_a = {s for s in strings_a if s is not None}
-    set_b = {s for s in strings_b if s is not None}
+    va, vb = vocabulary(tok_a), vocabulary(tok_b)
+    set_a = {k for k in va.keys if k is not None}
+    set_b = {k for k in vb.keys if k is not None}
     shared = set_a & set_b
-    differing = [{"id": i, "a": x, "b": y} for i, (x, y) in enumerate(zip(strings_a, strings_b))
+    differing = [{"id": i, "a": va.texts[i], "b": vb.texts[i]} for i, (x, y) in enumerate(zip(va.keys, vb.keys))
                  if x is not None and y is not None and x != y]
     samples = list(sample_texts) if sample_texts is not None else [
         *DEFAULT_SAMPLES, f"=85{tok_a.eos_token}", f"=85{tok_b.eos_token}"]
+    samples = list(dict.fromkeys(samples))
+    mapped = int((vocab_id_map(tok_a, tok_b) >= 0).sum())
+    name_a, name_b = names or (str(getattr(tok_a, "name_or_path", "") or "A"),
+                               str(getattr(tok_b, "name_or_path", "") or "B"))
     return TokenizerReport(
-        name_a=str(getattr(tok_a, "name_or_path", "") or "A"), name_b=str(getattr(tok_b, "name_or_path", "") or "B"),
-        vocab_size_a=len(tok_a), vocab_size_b=len(tok_b), shared_strings=len(shared),
+        name_a=name_a, name_b=name_b, vocab_size_a=len(tok_a), vocab_size_b=len(tok_b), shared_strings=len(shared),
         overlap_ratio=round(len(shared) / max(1, len(set_a | set_b)), 6),
-        special_tokens={"a": _special_table(tok_a), "b": _special_table(tok_b)},
+        special_tokens={"a": _special_table(tok_a, va), "b": _special_table(tok_b, vb)},
         eos_a=tok_a.eos_token, eos_b=tok_b.eos_token,
-        eos_maps_to={"a_in_b": _eos_reading(tok_a, tok_b, strings_b),
-                     "b_in_a": _eos_reading(tok_b, tok_a, strings_a)},
+        eos_maps_to={"a_in_b": _eos_reading(tok_a, tok_b, vb), "b_in_a": _eos_reading(tok_b, tok_a, va)},
         differing_ids=differing[:MAX_LISTED_IDS], n_differing_ids=len(differing),
         chat_template_same=getattr(tok_a, "chat_template", None) == getattr(tok_b, "chat_template", None),
-        examples=[_retokenise(tok_a, tok_b, t) for t in samples],
+        examples=[_retokenise(tok_a, tok_b, va, vb, t) for t in samples],
+        end_of_turn_a=va.end_of_turn, end_of_turn_b=vb.end_of_turn, ids_mapped_a_to_b=mapped,
+        style_a=va.style, style_b=vb.style,
+        warnings=turn_end_warnings(tok_a, "A") + turn_end_warnings(tok_b, "B"),
     )
 
 
 def vocab_id_map(src_tok: PreTrainedTokenizerBase, dst_tok: PreTrainedTokenizerBase) -> np.ndarray:
-    """Map every src id to the dst id with the same normalised string; specials by role; -1 when none."""
-    src_strings, dst_strings = token_strings(src_tok), token_strings(dst_tok)
-    dst_index: dict[str, int] = {}
-    for i, s in enumerate(dst_strings):
-        if s is not None:
-            dst_index.setdefault(s, i)
-    out = np.array([-1 if s is None else dst_index.get(s, -1) for s in src_strings], dtype=np.int64)
-    src_specials = set(src_tok.all_special_ids)
-    for i in src_specials:  # a special is mapped by role, never by string alone (EOS means end, not text)
-        if i < len(out):
-            out[i] = dst_index.get(src_strings[i], -1) if src_strings[i] in dst_tok.all_special_tokens else -1
-    dst_roles = _role_ids(dst_tok)
+    """Map every src id to the dst id with the same text; specials by role (EOS to the end of a reply); -1 none."""
+    src, dst = vocabulary(src_tok), vocabulary(dst_tok)
+    dst_index: dict[bytes | str, int] = {}
+    for i, k in enumerate(dst.keys):
+        if k is not None:
+            dst_index.setdefault(k, i)
+    out = np.fromiter((-1 if k is None else dst_index.get(k, -1) for k in src.keys), dtype=np.int64,
+                      count=len(src.keys))
+    dst_roles = dict(dst.roles)
+    dst_roles["eos"] = end_token_id(dst_tok)
     for role in reversed(ROLES):  # eos last so that it wins when one id has several roles
-        src_id = getattr(src_tok, f"{role}_token_id", None)
+        src_id = src.roles.get(role)
         if src_id is not None and src_id < len(out):
             out[src_id] = -1 if dst_roles[role] is None else dst_roles[role]
+    src_end = end_token_id(src_tok)
+    if src_end is not None and src_end < len(out) and dst_roles["eos"] is not None:
+        out[src_end] = dst_roles["eos"]  # the end of a reply means the end of a reply on both sides
     return out
 
 
 def mismatched_special_ids(student_tok: PreTrainedTokenizerBase, teacher_tok: PreTrainedTokenizerBase,
                            extra_strings: list[str] | tuple[str, ...] = ()) -> list[int]:
-    """Student ids whose meaning differs on the teacher side (to mask from the distillation signal)."""
+    """Student ids whose meaning differs on the teacher side (to mask from the distillation signal).
+
+    Every special token of the student (its whole added-token table, not only bos/eos/unk) unless the
+    teacher has the same special token or the same role; every marker the student's chat template
+    writes (its EOS/end of turn included) unless the teacher's template writes it too; plus the ids of
+    ``extra_strings``.
+    """
+    student, teacher = vocabulary(student_tok), vocabulary(teacher_tok)
+    teacher_keys = {teacher.keys[i] for i in teacher.special_ids if i < len(teacher)}
+    teacher_roles = {r for r, i in teacher.roles.items() if i is not None}
     out: set[int] = set()
-    teacher_roles = _role_ids(teacher_tok)
-    teacher_specials = set(teacher_tok.all_special_tokens)
-    for sid in student_tok.all_special_ids:
-        roles = [r for r, i in _role_ids(student_tok).items() if i == sid]
-        same_role = any(teacher_roles[r] is not None for r in roles)
-        same_string = student_tok.convert_ids_to_tokens(sid) in teacher_specials
-        if not (same_role or same_string):
+    for sid in student.special_ids:
+        if sid >= len(student):
+            continue
+        by_role = any(r in teacher_roles for r, i in student.roles.items() if i == sid)
+        if not (by_role or student.keys[sid] in teacher_keys):
             out.add(sid)
-    teacher_markers = set(_template_markers(teacher_tok))
-    for marker in _template_markers(student_tok):
+    teacher_markers = set(teacher.template.markers)
+    for marker in student.template.markers:  # a turn marker means something only in its own template
         if marker not in teacher_markers:
             out.add(student_tok.convert_tokens_to_ids(marker))
     for text in extra_strings:
@@ -268,8 +242,9 @@ def assign_teacher_to_student(student_offsets: list[tuple[int, int]],
                               teacher_offsets: list[tuple[int, int]]) -> list[int]:
     """For each teacher token, the student token whose span holds the teacher token's last character.
 
-    Summing teacher log-probs per assigned student token is the chain rule over the same string: the
-    teacher's probability of a student token's text. -1 marks a teacher token with no such student token.
+    -1 marks a teacher token with no such student token (an empty span, or text outside every student
+    span). Whether the owned teacher tokens cover a student token *exactly* (and so give its probability
+    by the chain rule) is decided by :func:`alignment_kinds`.
     """
     owner: dict[int, int] = {}
     for index, (start, end) in enumerate(student_offsets):
@@ -278,13 +253,53 @@ def assign_teacher_to_student(student_offsets: list[tuple[int, int]],
     return [owner.get(end - 1, -1) if end > start else -1 for start, end in teacher_offsets]
 
 
+UNALIGNED, ONE_TO_ONE, MULTI_TOKEN = 0, 1, 2
+
+
+def alignment_kinds(student_offsets: list[tuple[int, int]], teacher_offsets: list[tuple[int, int]],
+                    owner: list[int]) -> list[int]:
+    """Per student token: 1 when one teacher token has exactly its span, 2 when several teacher tokens
+    tile its span exactly, 0 otherwise (a teacher token crosses one of its boundaries, or none ends in it).
+
+    Only exact tilings give the teacher's probability of the student token's own text, given the same
+    prefix: the product of the teacher's probabilities of the tokens that tile it (the chain rule).
+    A teacher token that starts before the student token covers text the student wrote earlier, one that
+    ends in a later student token covers text not yet written; either way no honest number exists, so
+    the token is unaligned (and masked). A zero-length student token (half of a character) is unaligned.
+    """
+    n = len(student_offsets)
+    owned: list[list[int]] = [[] for _ in range(n)]
+    for j, i in enumerate(owner):
+        if 0 <= i < n:
+            owned[i].append(j)
+    kinds = [UNALIGNED] * n
+    for i, (start, end) in enumerate(student_offsets):
+        js = owned[i]
+        if not js or end <= start:
+            continue
+        pieces = [tuple(teacher_offsets[j]) for j in js]
+        pieces = [p for p in pieces if p[1] > p[0]]
+        tiles = bool(pieces) and pieces[0][0] == start and pieces[-1][1] == end and all(
+            a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        if tiles:
+            kinds[i] = ONE_TO_ONE if len(pieces) == 1 else MULTI_TOKEN
+    return kinds
+
+
 def cli_compare(path_a: str, path_b: str, as_json: bool) -> int:
-    """Entry point of `opd-lab tokenizers compare A B [--json]`: print the report, return the exit code."""
+    """Entry point of `opd-lab tokenizers compare A B [--json]`: print the report, return the exit code.
+
+    A toy preset stands for one tokenizer: its student on the A side, its teacher on the B side; the
+    report names which, so `compare toy:mismatched toy:mismatched` says it compares student with teacher.
+    """
     from opd_core.models import resolve_model_path
 
     try:
-        report = compare_tokenizers(_cli_path(path_a, resolve_model_path, "student"),
-                                    _cli_path(path_b, resolve_model_path, "teacher"))
+        path_a_resolved = resolve_model_path(path_a, "student")
+        path_b_resolved = resolve_model_path(path_b, "teacher")
+        report = compare_tokenizers(path_a_resolved, path_b_resolved,
+                                    names=(_describe(path_a, path_a_resolved, "student"),
+                                           _describe(path_b, path_b_resolved, "teacher")))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -292,6 +307,8 @@ def cli_compare(path_a: str, path_b: str, as_json: bool) -> int:
     return 0
 
 
-def _cli_path(spec: str, resolve, role: str) -> Path:
-    """A preset name on the A side means its student, on the B side its teacher; paths pass through."""
-    return resolve(spec, role)
+def _describe(spec: str, resolved: Path, role: str) -> str:
+    """A preset is named with what it resolves to; a path as given."""
+    if spec.startswith("toy:"):
+        return f"{spec} → its {role} ({resolved})"
+    return spec

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from opd_core.runs import CHECKPOINTS_DIR
@@ -63,9 +64,8 @@ def save(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
     remove_partial(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        # Tied weights share storage; safetensors refuses shared tensors, so store clones.
-        save_file({k: v.clone() for k, v in state.items()}, str(tmp / "student.safetensors"))
+        state, tied = _untied_state(model)
+        save_file(state, str(tmp / "student.safetensors"), metadata={"tied": json.dumps(tied)})
         torch.save({"optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    tmp / "optimizer.pt")
@@ -79,6 +79,21 @@ def save(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
     return target
 
 
+def _untied_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with each tied tensor stored once (safetensors refuses shared storage, and a copy
+    of a tied embedding doubles a small model's checkpoint), and {dropped key: the key it shares}."""
+    state, tied, first = {}, {}, {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        key = (v.device, v.data_ptr(), v.dtype, tuple(v.shape), v.stride())
+        if v.numel() and key in first:
+            tied[k] = first[key]
+            continue
+        first[key] = k
+        state[k] = v.contiguous().cpu().clone()
+    return state, tied
+
+
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> int:
     """Restore a checkpoint into the given objects; returns its step."""
@@ -88,6 +103,10 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
                                 f"{list_checkpoints(ckpt.parent.parent)}")
     device = next(model.parameters()).device
     weights = load_file(str(ckpt / "student.safetensors"), device=str(device))
+    with safe_open(str(ckpt / "student.safetensors"), framework="pt") as f:
+        tied = json.loads((f.metadata() or {}).get("tied", "{}"))
+    for k, source in tied.items():
+        weights[k] = weights[source]  # stored once; load_state_dict copies it into both (still tied) places
     expected = model.state_dict()
     wrong = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     missing = [k for k in expected if k not in weights]

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = ssub.add_parser("summary", help="print the table EXPERIMENTS.md reports (from the built sample runs)")
     b.add_argument("--dir", default=None, help="sample runs folder (default: ./sample_runs)")
 
+    from opd_core.model_tools import add_parser as add_models_parser
+
+    add_models_parser(sub)  # opd-lab models convert|cut (opd_core/model_tools.py)
+
     p = sub.add_parser("bench", help="run the benchmark suite and print its table")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -220,6 +224,12 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from opd_core.model_tools import cli
+
+    return cli(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     import runpy
 
@@ -230,7 +240,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     None: _serve, "serve": _serve, "train": _train, "score": _score, "report": _report, "tokenizers": _tokenizers,
-    "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench,
+    "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench, "models": _models,
 }
 
 

@@ -1,15 +1,16 @@
-"""Load the student and teacher: a local Hugging Face checkpoint folder or a built-in toy preset.
+"""Load the student and teacher: a local Hugging Face checkpoint folder, a GGUF file, or a built-in toy preset.
 
 Every way a load can fail (missing path, not a checkpoint, custom code not allowed, no EOS, a tokenizer
 larger than the embedding table) becomes a one-line `ModelLoadError` naming the path, the problem and the
 fix. Embedding tables padded past the tokenizer (Qwen2.5: 151,936 or 152,064 rows for 151,665 tokens) are
-fine: `LoadedModel.vocab_size` is the tokenizer's real size, the part two models can be compared on.
+fine (no warning: padding rows are normal): `LoadedModel.vocab_size` is the tokenizer's real size, the
+part two models can be compared on. A ``.gguf`` file (or a folder holding one and no config.json) is
+read through transformers' GGUF support, dequantised, with the tokenizer stored in the file.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,11 @@ def resolve_dtype(dtype: str = "float32", device: torch.device | None = None) ->
 
 def _check_dir(path: Path, what: str, needed: tuple[str, ...]) -> None:
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such folder; expected a local {what} directory or a toy preset "
-                             "(toy:matched, toy:mismatched)")
+        raise ModelLoadError(f"{path}: no such folder; expected a local {what} directory, a .gguf file or a toy "
+                             "preset (toy:matched, toy:mismatched)")
     if not path.is_dir():
-        raise ModelLoadError(f"{path}: is a file; expected a {what} directory (the folder save_pretrained wrote)")
+        raise ModelLoadError(f"{path}: is a file; expected a {what} directory (the folder save_pretrained wrote) "
+                             "or a .gguf file")
     if not any((path / f).is_file() for f in needed):
         raise ModelLoadError(f"{path}: not a {what} directory (none of {', '.join(needed)} found); "
                              "point to the folder save_pretrained wrote")
@@ -107,9 +109,30 @@ def _one_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _gguf(path: Path) -> Path | None:
+    from opd_core.model_tools import find_gguf
+
+    try:
+        return find_gguf(path)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer folder (or a preset's student tokenizer); it must define an EOS token."""
+    """Load a tokenizer folder or GGUF file (or a preset's student tokenizer); it must define an EOS token."""
     path = _preset_path(str(path), role="student")
+    gguf_file = _gguf(path)
+    if gguf_file is not None:
+        from opd_core.model_tools import load_gguf_tokenizer
+
+        try:
+            tokenizer = load_gguf_tokenizer(gguf_file)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        except Exception as exc:
+            raise ModelLoadError(f"{gguf_file}: the tokenizer inside this GGUF file could not be read "
+                                 f"({_one_line(exc)}); convert it with `opd-lab models convert`") from None
+        return _require_eos(path, tokenizer)
     _check_dir(path, "tokenizer", _TOKENIZER_FILES)
     _check_remote_code(path, trust_remote_code)
     try:
@@ -117,6 +140,10 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     except Exception as exc:  # transformers raises many types for a broken folder; report one line
         raise ModelLoadError(f"{path}: tokenizer files could not be loaded ({_one_line(exc)}); "
                              "re-save it with save_pretrained") from None
+    return _require_eos(path, tokenizer)
+
+
+def _require_eos(path: Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{path}: tokenizer has no EOS token; set \"eos_token\" in its "
                              "tokenizer_config.json so responses can end")
@@ -130,6 +157,9 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32"
     A preset name here means that preset's student; use `load_pair` or `resolve_model_path` for a teacher.
     """
     path = _preset_path(str(path), role="student")
+    gguf_file = _gguf(path)
+    if gguf_file is not None:
+        return _load_gguf(path, gguf_file, device=device, dtype=dtype)
     _check_dir(path, "model checkpoint", ("config.json",))
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         raise ModelLoadError(f"{path}: config.json found but no weights ({', '.join(_WEIGHT_FILES[:3])}); "
@@ -154,16 +184,44 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32"
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, name=path.name, vocab_size=vocab_size)
 
 
+def _load_gguf(path: Path, gguf_file: Path, *, device: str, dtype: str) -> LoadedModel:
+    """A GGUF checkpoint, dequantised (see `opd_core.model_tools`), with the tokenizer stored in the file."""
+    from opd_core.model_tools import load_gguf_model
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    tokenizer = load_tokenizer(gguf_file)
+    try:
+        model = load_gguf_model(gguf_file, torch_dtype)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:
+        raise ModelLoadError(f"{gguf_file}: not a loadable GGUF causal LM ({_one_line(exc)}); transformers reads "
+                             "GGUF files of the architectures it knows (Llama, Gemma 3, Qwen, ...)") from None
+    model.to(torch_device).eval()
+    vocab_size = _real_vocab_size(gguf_file, tokenizer, model)
+    _fill_generation_config(model, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=gguf_file, name=gguf_file.stem, vocab_size=vocab_size)
+
+
+def vocab_fit_problem(path: Path, n_tokens: int, rows: int) -> str | None:
+    """One line saying why a tokenizer of ``n_tokens`` cannot drive an embedding table of ``rows``; None if fine.
+
+    More tokens than rows means some ids have no embedding (a tokenizer with an extra added token saved
+    next to the checkpoint). Fewer is padding, which is normal (rows a tokenizer never emits).
+    """
+    if n_tokens > rows:
+        return (f"{path}: tokenizer has {n_tokens} tokens but the model embeds only {rows}; use the tokenizer "
+                f"saved with this checkpoint (or remove the {n_tokens - rows} added token(s) it does not embed)")
+    return None
+
+
 def _real_vocab_size(path: Path, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
     rows = model.get_input_embeddings().weight.shape[0]
-    n = len(tokenizer)
-    if n > rows:
-        raise ModelLoadError(f"{path}: tokenizer has {n} tokens but the model embeds only {rows}; "
-                             "use the tokenizer saved with this checkpoint")
-    if n < rows:
-        warnings.warn(f"{path.name}: embedding table has {rows} rows for {n} tokenizer tokens (padding); "
-                      f"comparing on the real vocabulary of {n} tokens", stacklevel=3)
-    return n
+    problem = vocab_fit_problem(path, len(tokenizer), rows)
+    if problem:
+        raise ModelLoadError(problem)
+    return len(tokenizer)
 
 
 def _fill_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

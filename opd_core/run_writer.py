@@ -35,6 +35,8 @@ class SampleInfo:
     spans: list[tuple[int, int]] | None = None   # each token's character span in the response text
     token_strings: list[str] | None = None
     teacher_strings: list[str] | None = None
+    teacher_pieces: list[list[str]] | None = None  # per token: each teacher token's text (another tokenization)
+    token_raw: list[str] | None = None             # per token: the raw vocabulary string (Ġdo, ▁the)
     reward: float | None = None
 
 
@@ -76,6 +78,7 @@ def drift_measures(student_logp: np.ndarray, teacher_logp: np.ndarray, in_teache
     Both describe the *prefix* a token was generated from, so each counts only earlier tokens.
     """
     step_ratio = np.where(real, student_logp - teacher_logp, 0.0)
+    step_ratio = np.where(np.isfinite(step_ratio), step_ratio, 0.0)  # an unaligned token has no teacher number
     drift = np.cumsum(step_ratio, axis=1) - step_ratio
     off = real & ~in_teacher_nucleus
     T = off.shape[1]
@@ -176,10 +179,23 @@ def token_table(step: int, stats: TokenStats, rows: TokenRows) -> pa.Table:
             strings = np.asarray([lookup(int(i)) for i in uniq], dtype=object)[inverse]
             out[f"{side}_topk_tokens"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(list(strings), type=pa.string()), k).cast(pa.list_(pa.string()))
+        if side == "teacher" and "aligned" in host:  # no teacher distribution where it is not 1:1: no candidates
+            keep = host["aligned"][b, t].astype(bool)
+            for name in ("teacher_topk_ids", "teacher_topk_logps", "teacher_topk_tokens"):
+                if name in out and not keep.all():
+                    out[name] = _keep_lists(out[name], keep)
     if samples is not None:
         _sample_columns(out, samples, b, t)
     out["response_len"] = real.sum(1)[b].astype(np.int64)
     return pa.table(out)
+
+
+def _keep_lists(lists: pa.Array, keep: np.ndarray) -> pa.Array:
+    """The same list column with the rows not kept emptied (an empty list means 'no candidates')."""
+    lengths = np.where(keep, np.asarray(lists.value_lengths()), 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = lists.flatten().filter(pa.array(np.repeat(keep, np.asarray(lists.value_lengths()))))
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _sample_columns(out: dict, samples: Sequence[SampleInfo], b: np.ndarray, t: np.ndarray) -> None:
@@ -191,6 +207,11 @@ def _sample_columns(out: dict, samples: Sequence[SampleInfo], b: np.ndarray, t: 
 
     if known("teacher_strings"):
         out["teacher_token"] = [samples[i].teacher_strings[j] for i, j in zip(b, t)]
+    if known("teacher_pieces"):
+        out["teacher_pieces"] = pa.array([samples[i].teacher_pieces[j] for i, j in zip(b, t)],
+                                         type=pa.list_(pa.string()))
+    if known("token_raw"):
+        out["token_raw"] = [samples[i].token_raw[j] for i, j in zip(b, t)]
     if known("spans"):
         out["prefix_wrong"] = np.array([s.first_error_char is not None and s.spans[j][0] > s.first_error_char
                                         for s, j in zip(info, t)], dtype=bool)
@@ -225,4 +246,6 @@ def write_alignment(run_dir: Any, student_tokenizer: Any, teacher_tokenizer: Any
         data["masked_student_ids"] = sorted(pair.masked_ids)
         data["masked_student_tokens"] = [pair.student_strings[i] for i in sorted(pair.masked_ids)]
         data["shared_vocabulary"] = pair.shared
+        data["warnings"] = pair.warnings()  # no chat template, EOS vs end of turn (said at launch too)
+        data["teacher_end_token"] = pair.teacher.convert_ids_to_tokens(pair.teacher_end_id)
     runs.atomic_write_json(Path(run_dir) / "alignment.json", data)

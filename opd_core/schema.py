@@ -33,6 +33,10 @@ STEP_METRICS: tuple[str, ...] = (
     "teacher_entropy_teacher_prefix",
 )
 
+# Cross-tokenizer alignment coverage per step (pairing.alignment_coverage): shares of real student tokens
+# aligned 1:1, in multi-token spans, unaligned. Written by producers that know the alignment (the loop).
+ALIGNMENT_METRICS: tuple[str, ...] = ("align_one_to_one_share", "align_multi_token_share", "align_unaligned_share")
+
 # Keys every metrics.jsonl line of a training step carries (null when the trainer did not report them).
 REQUIRED_METRICS: tuple[str, ...] = ("step", "time_s", "loss", "grad_norm", "lr", "tokens")
 

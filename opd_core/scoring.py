@@ -10,7 +10,7 @@ Statistics over those logits live in :mod:`opd_core.stats`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -67,11 +67,40 @@ def response_logits(model: torch.nn.Module, batch: SequenceBatch, vocab_size: in
 
 @dataclass
 class TeacherScores:
-    """What the teacher says about the student's tokens, on the student's positions and vocabulary."""
+    """What the teacher says about the student's tokens, on the student's positions and vocabulary.
+
+    ``kind`` says how each student token is aligned (``opd_core.pairing``): 1 one-to-one (the whole
+    distribution in ``logits`` is the teacher's, mapped onto the student's vocabulary), 2 a multi-token
+    span (``sampled_logp`` is exact by the chain rule; ``logits`` is not comparable), 0 unaligned
+    (neither: ``sampled_logp`` holds 0.0 only to keep the tensors finite, and the token must be masked
+    with reason ``unaligned``). ``logits`` rows that are not 1:1 are a flat placeholder, never data.
+    """
 
     sampled_logp: torch.Tensor   # [B, T] log p_T of each student token (chain rule over its characters)
     logits: torch.Tensor         # [B, T, V_student] teacher logits in the student's vocabulary
-    aligned: torch.Tensor        # [B, T] bool: the full distribution above is meaningful here
+    aligned: torch.Tensor        # [B, T] bool: 1:1, the full distribution above is meaningful here
+    kind: torch.Tensor | None = None  # [B, T] int8: 0 unaligned, 1 one-to-one, 2 multi-token span
+
+    def unaligned(self, real: torch.Tensor, full_distribution: bool) -> torch.Tensor:
+        """Real tokens with no teacher number the objective can use: reason ``unaligned``.
+
+        A sampled-token objective can use multi-token spans (their log-prob is exact); an objective that
+        compares distributions needs a 1:1 alignment.
+        """
+        usable = self.aligned if full_distribution or self.kind is None else self.kind > 0
+        return real & ~usable
+
+    def no_number_where_unaligned(self, record, real: torch.Tensor):
+        """A per-token record (``stats.TokenStats``) with no teacher number where there is none (kind 0):
+        teacher_logp and log_ratio NaN, never the 0.0 (p = 1) kept in ``sampled_logp``; such a token is not
+        counted as outside the teacher's nucleus either (unknown is not evidence of drift)."""
+        if self.kind is None:
+            return record
+        none = (self.kind == 0) & real
+        nucleus = record.in_teacher_nucleus
+        return replace(record, teacher_logp=record.teacher_logp.masked_fill(none, float("nan")),
+                       log_ratio=record.log_ratio.masked_fill(none, float("nan")),
+                       in_teacher_nucleus=None if nucleus is None else nucleus | none)
 
 
 @torch.no_grad()
@@ -89,18 +118,22 @@ def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch
     t_logits = response_logits(teacher, t_batch, len(pair.teacher))
     if temperature != 1.0:
         t_logits = t_logits / temperature
+    real = student_batch.response_mask
     if pair.shared and t_logits.shape[1] == T:
         lp = token_logprobs(t_logits, student_batch.response_ids).float()
-        return TeacherScores(lp.masked_fill(~student_batch.response_mask, 0.0), t_logits,
-                             student_batch.response_mask.clone())
+        kind = real.to(torch.int8)
+        return TeacherScores(lp.masked_fill(~real, 0.0), t_logits, real.clone(), kind)
     t_lp = token_logprobs(t_logits, t_batch.response_ids).float().masked_fill(~t_batch.response_mask, 0.0)
     sampled = torch.zeros((B, T), device=device)
-    aligned = torch.zeros((B, T), dtype=torch.bool, device=device)
+    kind = torch.zeros((B, T), dtype=torch.int8, device=device)
     rows_b, rows_i, rows_j = [], [], []
     for b, v in enumerate(views):
+        kinds = torch.tensor(v.kinds or [1] * len(v.aligned_to), dtype=torch.int8, device=device)
+        kind[b, : len(kinds)] = kinds
         owner = torch.tensor(v.owner, dtype=torch.long, device=device)
         keep = owner >= 0
-        if keep.any():
+        if keep.any():  # chain rule: the tokens tiling a student token's text sum to its log-prob
+            keep &= kinds.to(torch.long)[owner.clamp(min=0)] > 0
             sampled[b].index_add_(0, owner[keep], t_lp[b, : len(v.owner)][keep])
         for i, j in enumerate(v.aligned_to):
             if j >= 0:
@@ -109,6 +142,7 @@ def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch
                 rows_j.append(j)
     V = pair.student_vocab_size
     logits = torch.zeros((B, T, V), device=device, dtype=torch.float32)
+    aligned = torch.zeros((B, T), dtype=torch.bool, device=device)
     if rows_b:
         index, valid = pair.projection_index()
         index_t = torch.as_tensor(index, device=device)
@@ -119,4 +153,5 @@ def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch
         proj = torch.where(valid_t[None, :], proj, floor)
         logits[torch.tensor(rows_b, device=device), torch.tensor(rows_i, device=device)] = proj
         aligned[torch.tensor(rows_b, device=device), torch.tensor(rows_i, device=device)] = True
-    return TeacherScores(sampled, logits, aligned & student_batch.response_mask)
+    kind = kind.masked_fill(~real, 0)
+    return TeacherScores(sampled, logits, aligned & real, kind)

@@ -34,7 +34,7 @@ from opd_core.objectives import (
     reduce_loss,
 )
 from opd_core.objectives.chunked import token_logprob_stats
-from opd_core.pairing import TokenizerPair
+from opd_core.pairing import TokenizerPair, alignment_coverage
 from opd_core.progress import ProgressBar, timed
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table, write_alignment
@@ -95,6 +95,8 @@ class Trainer:
                                   mask_special_tokens=cfg.mask_special_tokens,
                                   mask_token_strings=cfg.mask_token_strings,
                                   student_model=self.student.model, teacher_model=self.teacher.model)
+        for warning in self.pair.warnings():
+            self.log(f"warning: {warning}")
         self.spec = get_objective(cfg.objective)
         self.params = dict(cfg.objective_params)
         self.needs = self.spec.needs_for(self.params)
@@ -164,8 +166,8 @@ class Trainer:
         masks = {"special": torch.isin(ids, self._id_tensor(self.pair.masked_ids)) & real}
         if self.cfg.mask_after_eos:
             masks["after_eos"] = (eos.long().cumsum(-1) - eos.long() > 0) & real
-        if self.needs is not TeacherNeeds.SAMPLED:  # a full distribution exists only where tokenizations agree
-            masks["unaligned"] = ~t_scores.aligned & real
+        # No teacher number without an exact alignment (pairing.py); a full distribution needs a 1:1 one.
+        masks["unaligned"] = t_scores.unaligned(real, full_distribution=self.needs is not TeacherNeeds.SAMPLED)
         mask = real.clone()
         for m in masks.values():
             mask &= ~m
@@ -275,17 +277,20 @@ class Trainer:
         metrics = stats.step_metrics(record, trained=sc.mask, real=sc.batch.response_mask, special=sc.special,
                                      eos=sc.eos, prefix_source=source)
         metrics["train_accuracy"] = float(np.mean([g.correct for g in grades])) if grades else None
+        metrics.update(alignment_coverage(sc.teacher.kind, sc.batch.response_mask))
         return metrics
 
     def token_record(self, sc: Scored, out: ObjectiveOutput) -> stats.TokenStats:
-        """The full per-token record of a scored batch from the logits already in hand (no extra forward)."""
-        return stats.dense_token_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
+        """The full per-token record of a scored batch from the logits already in hand (no extra forward);
+        unaligned tokens get no teacher number (``TeacherScores.no_number_where_unaligned``)."""
+        record = stats.dense_token_stats(sc.student_logits, sc.teacher.logits, sc.batch.response_ids,
                                        sc.teacher.sampled_logp, aligned=sc.teacher.aligned, support_k=self.support_k,
                                        log_top_k=self.cfg.log_top_k, rollout_top_p=self.cfg.top_p,
                                        # the logits are already z / tau; the rollout sampled softmax(z / T)
                                        rollout_temperature=self.cfg.temperature / self.cfg.score_temperature_value,
                                        nucleus_p=self.cfg.nucleus_p,
                                        signal=out.signal, token_loss=out.loss)
+        return sc.teacher.no_number_where_unaligned(record, sc.batch.response_mask)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:
         texts = [self.student.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
@@ -297,7 +302,9 @@ class Trainer:
             full_text, spans = self.pair.response_spans(sc.responses[i])
             g = grades[i]
             infos.append(SampleInfo(sc.prompts[i], texts[i], g.correct, g.format_ok, g.first_error_char, spans,
-                                    [full_text[a:b] for a, b in spans], sc.views[i].teacher_strings))
+                                    [full_text[a:b] for a, b in spans], sc.views[i].teacher_strings,
+                                    teacher_pieces=sc.views[i].teacher_pieces or None,
+                                    token_raw=[self.pair.student_raw[t] or "" for t in sc.responses[i]]))
         return infos
 
     def token_rows(self, sc: Scored, rows: list[int], source: str, *, reference: bool, offset: int,

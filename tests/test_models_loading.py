@@ -45,10 +45,11 @@ def save_qwen2(path, tok, extra_rows: int = 0) -> None:
     tok.save_pretrained(path)
 
 
-def test_qwen2_style_checkpoint_round_trips_and_warns_about_padded_embeddings(tmp_path):
+def test_qwen2_style_checkpoint_round_trips_and_padded_embeddings_load_silently(tmp_path):
     tok = byte_level_tokenizer()
     save_qwen2(tmp_path, tok, extra_rows=17)
-    with pytest.warns(UserWarning, match=rf"{len(tok) + 17} rows for {len(tok)} tokenizer tokens"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # padding rows are normal (Qwen2.5, the toy pair): no warning
         loaded = load_model(tmp_path, device="cpu")
     assert loaded.vocab_size == len(tok) and loaded.name == tmp_path.name
     assert loaded.model.generation_config.eos_token_id == tok.eos_token_id

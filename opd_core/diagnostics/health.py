@@ -9,7 +9,8 @@ docs/diagnostics.md says why each threshold sits where it does.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class Thresholds:
     length_cap_share: float = 0.9       # ...critical when it sits at max_new_tokens
     length_cap_min_ratio: float = 1.1   # at the cap, a 10% rise is enough to call it a runaway
     eval_drop_warning: float = 0.1      # accuracy points lost from the run's best eval to its last
+    unaligned_warning: float = 0.1      # share of student tokens with no exact teacher alignment (masked)
+    unaligned_critical: float = 0.4
 
 
 THRESHOLDS = Thresholds()
@@ -342,6 +345,68 @@ def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresh
     return found
 
 
+def check_tokenizer_pair(metrics: pd.DataFrame, alignment: dict | None, t: Thresholds = THRESHOLDS) -> list[Finding]:
+    """Cross-tokenizer coverage (share of student tokens the teacher's tokens do not tile exactly, masked as
+    ``unaligned``) and the pair's warnings from alignment.json (a side without a chat template, an EOS
+    that is not the end of turn)."""
+    found: list[Finding] = []
+    if "align_unaligned_share" in metrics:
+        shares = {k: pd.to_numeric(metrics[k], errors="coerce").mean() for k in
+                  ("align_one_to_one_share", "align_multi_token_share", "align_unaligned_share") if k in metrics}
+        unaligned = shares.get("align_unaligned_share")
+        if _finite(unaligned) and unaligned >= t.unaligned_warning:
+            found.append(Finding(
+                mode="mismatch", severity="critical" if unaligned >= t.unaligned_critical else "warning",
+                title=(f"{unaligned:.0%} of the student's tokens have no teacher tokens tiling them exactly: "
+                       "masked as unaligned, so they teach nothing"),
+                evidence={k: _num(v) for k, v in shares.items()},
+                fix="a teacher whose tokenizer splits text more like the student's (see opd-lab tokenizers "
+                    "compare); objective=sampled_token also learns on multi-token spans",
+                view="mismatch"))
+    for warning in (alignment or {}).get("warnings") or []:
+        found.append(Finding(mode="mismatch", severity="info", title=str(warning), evidence={},
+                             fix="a checkpoint with a chat template (an instruct model), or accept the raw "
+                                 "prompt format", view="mismatch"))
+    return found
+
+
+_SETTING = re.compile(r"([A-Za-z_][\w.]*)=([\w.+-]+)")
+
+
+def _config_value(config: dict, key: str) -> Any:
+    if key == "objective":
+        return _objective_name(config)
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _already_set(config: dict, alternative: str) -> bool:
+    """True when the settings an alternative names (key=value) are what the run already uses: the first
+    one equal, the others equal or left at their defaults (absent from the config)."""
+    settings = _SETTING.findall(alternative)
+
+    def same(key: str, value: str, absent_ok: bool) -> bool:
+        current = _config_value(config, key)
+        return (absent_ok and current is None) or str(current).lower() == value.lower()
+
+    return bool(settings) and same(*settings[0], absent_ok=False) and all(
+        same(k, v, absent_ok=True) for k, v in settings[1:])
+
+
+def without_current_settings(finding: Finding, config: dict) -> Finding:
+    """The finding with the fix alternatives the run already uses removed (never suggest what is on)."""
+    alternatives = [a.strip() for a in finding.fix.split(";")]
+    kept = [a[3:] if a.startswith("or ") else a for a in alternatives if not _already_set(config, a)]
+    if len(kept) == len(alternatives):
+        return finding
+    fix = "; or ".join(kept) if kept else "the usual fix is already on in this run; see the page for what remains"
+    return replace(finding, fix=fix)
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -396,6 +461,9 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
         skipped.append("training checks: metrics.jsonl has no records that can be read")
     else:
         findings += _guarded("training", skipped, lambda: check_training(run_dir, metrics, config, thresholds))
+        findings += _guarded("tokenizer pair", skipped,
+                             lambda: check_tokenizer_pair(metrics, mismatch.load_alignment(run_dir), thresholds))
+    findings = [without_current_settings(f, config) for f in findings]
     findings.sort(key=lambda f: severity_rank(f.severity))
     return HealthReport(run_dir=run_dir, findings=findings, skipped=skipped, objective=objective,
                         problems=list(dict.fromkeys(problems)))

@@ -151,7 +151,8 @@ def alignment_problems(alignment: dict | None) -> dict:
         "eos_b": eos_b,
         "eos_maps_to": maps,
         "eos_differs": bool(differs),
-        "n_differing_ids": _count(alignment.get("differing_ids")),
+        # The report lists only the first few differing ids; the count is its own field.
+        "n_differing_ids": _count(alignment.get("n_differing_ids", alignment.get("differing_ids"))),
         "overlap_ratio": alignment.get("overlap_ratio"),
     }
 

