@@ -31,7 +31,7 @@ def record_from_columns(columns: dict[str, np.ndarray]) -> TokenStats:
             if arr.dtype.kind not in "fbiu":  # a column with nulls (object): not known for every token
                 continue
             arr = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
-            out[name] = torch.from_numpy(np.ascontiguousarray(arr))[None]
+            out[name] = torch.from_numpy(np.array(arr))[None]  # a copy: table columns are read-only views
     return TokenStats(**out)
 
 
@@ -70,6 +70,11 @@ def top_share(values: object, fraction: float) -> float:
     return float(top.sum() / total)
 
 
+def _tensor(x: Tensor | np.ndarray) -> Tensor:
+    """A tensor of ``x``; arrays are copied (a table's columns are often read-only views)."""
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))
+
+
 def special_token_signal_share(signal: Tensor | np.ndarray, trained: Tensor | np.ndarray,
                                special: Tensor | np.ndarray, eos: Tensor | np.ndarray) -> float:
     """|signal| on trained tokens flagged special OR EOS, over the total trained |signal| (0 when none).
@@ -77,9 +82,9 @@ def special_token_signal_share(signal: Tensor | np.ndarray, trained: Tensor | np
     The one definition (docs/diagnostics.md): the flags are the tokenizer's, never guessed from strings.
     Takes tensors or arrays of one shape (the loop's [B,T], a token table's columns).
     """
-    sig = torch.as_tensor(signal).detach().abs().double().nan_to_num(0.0, 0.0, 0.0)
-    trained = torch.as_tensor(trained).bool()
-    flagged = torch.as_tensor(special).bool() | torch.as_tensor(eos).bool()
+    sig = _tensor(signal).detach().abs().double().nan_to_num(0.0, 0.0, 0.0)
+    trained = _tensor(trained).bool()
+    flagged = _tensor(special).bool() | _tensor(eos).bool()
     total = float(sig[trained].sum())
     return float(sig[trained & flagged].sum()) / total if total > 0 else 0.0
 
