@@ -14,8 +14,9 @@ DASHBOARD = re.compile(r"^(streamlit|app|pages)(\.|$)")
 PROCESS_MANAGER = re.compile(r"^opd_core\.(launcher|launch|jobs)\w*(\.|$)")
 DIAGNOSTICS = re.compile(r"^opd_core\.diagnostics(\.|$)")
 # The training code: the loop and everything it runs or writes with (also the SDK and trainer bridges).
-TRAINING = re.compile(r"^opd_core/(train\w*|loop\w*|stats\w*|run_writer|schema|scoring|rollout|logging_sdk|sdk_writer|token_records|"
-                      r"progress)\.py$|^opd_core/(objectives|integrations|stats|loop)/")
+TRAINING = re.compile(r"^opd_core/(train\w*|loop\w*|stats\w*|run_writer|schema|scoring|rollout|logging_sdk|sdk_writer|"
+                      r"token_records|progress|fast_paths|student_head|pairing|checkpoints|distributed)\.py$"
+                      r"|^opd_core/(objectives|integrations|stats|loop|rescoring)/")
 # The command line is the front end that starts the dashboard and the process manager; the process
 # manager may import itself.
 FRONT_ENDS = {"opd_core/cli.py", "opd_core/__main__.py"}
