@@ -161,11 +161,24 @@ def pick_step_window(run: RunRef, steps: Sequence[int], key: str) -> list[int]:
         if steps:
             st.caption(f"Analysing the only logged step, {steps[0]}.")
         return list(steps)
-    default = state.default_steps(steps)
-    lo, hi = st.select_slider("Logged steps analysed", options=list(steps), value=(default[0], default[-1]),
-                              key=f"{key}:{run.key}",
+    widget = f"{key}:{run.key}"
+    link = st.query_params.get("steps")  # "LO-HI" from a shared link: applied once, then the slider rules
+    if link and st.session_state.get(f"_url_steps:{key}") != link:
+        st.session_state[f"_url_steps:{key}"] = link
+        try:
+            lo, hi = (int(v) for v in link.split("-", 1))
+            if lo in steps and hi in steps and lo <= hi:
+                st.session_state[widget] = (lo, hi)
+        except ValueError:
+            pass
+    if widget not in st.session_state:
+        default = state.default_steps(steps)
+        st.session_state[widget] = (default[0], default[-1])
+    lo, hi = st.select_slider("Logged steps analysed", options=list(steps), key=widget,
                               help="Token records of these steps are read. Widen to all steps for the whole run "
                                    "(slower on very large runs).")
+    st.query_params["steps"] = f"{lo}-{hi}"
+    st.session_state[f"_url_steps:{key}"] = f"{lo}-{hi}"
     return [s for s in steps if lo <= s <= hi]
 
 

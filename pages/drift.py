@@ -33,8 +33,8 @@ summary = view["summary"]
 
 c = st.columns(4)
 c[0].metric("teacher entropy, drifted", widgets.fmt(summary.get("teacher_entropy_drifted")))
-c[1].metric("…on-support prefixes", widgets.fmt(summary.get("teacher_entropy_undrifted")))
-c[2].metric("…its own rollouts", widgets.fmt(summary.get("teacher_entropy_reference")),
+c[1].metric("teacher entropy, on-support", widgets.fmt(summary.get("teacher_entropy_undrifted")))
+c[2].metric("teacher entropy, own rollouts", widgets.fmt(summary.get("teacher_entropy_reference")),
             help="Teacher-prefix rollouts, logged as the reference line (not trained on).")
 c[3].metric("drifted share of tokens", widgets.fmt(summary.get("drifted_share"), ".0%"))
 

@@ -501,3 +501,13 @@ def test_live_shows_the_runs_health_and_announces_findings_that_appear(monkeypat
     at.session_state["_live_health_seen"] = {"alpha": set()}  # as if they appeared since the last refresh
     at.run()
     assert at.toast and any("new critical finding" in t.value for t in at.toast)
+
+
+def test_a_diagnosis_page_keeps_its_step_window_in_the_url(monkeypatch, runs_dir) -> None:
+    at = _app(monkeypatch, runs_dir)
+    at.query_params.update({"run": "runs:beta", "steps": "0-2"})
+    _open(at, "imbalance")
+    assert at.get("select_slider")[0].value == (0, 2)
+    fresh = _open(_app(monkeypatch, runs_dir), "imbalance")  # no link: the default window is written to the URL
+    window = fresh.get("select_slider")[0].value
+    assert fresh.query_params["steps"] in ([f"{window[0]}-{window[1]}"], f"{window[0]}-{window[1]}")

@@ -50,7 +50,12 @@ def _set_text(page, label: str, value: str) -> None:
 
 def _progress_text(page, run_id: str) -> str:
     bar = page.locator('[data-testid="stProgress"]').filter(has_text=run_id).first
-    bar.wait_for(timeout=60_000)
+    try:
+        bar.wait_for(timeout=60_000)
+    except Exception:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "live-no-progress.png"), full_page=True)  # what the page showed
+        raise
     return bar.inner_text()
 
 

@@ -48,9 +48,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     write_hostile_run(runs_dir)
     script = base / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
-    model = base / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    from opd_core.toy.presets import resolve_pair
+
+    model = resolve_pair("toy:matched")[0]  # passes the pre-flight check; the fake trainer never loads it
     old = os.environ.get("OPD_LAB_TRAINER_CMD")
     os.environ["OPD_LAB_TRAINER_CMD"] = f"{sys.executable} {script}"  # the server's launches use the fake
     try:
