@@ -40,16 +40,29 @@ def _keep_watch_list() -> None:
     st.session_state[LIVE_STATE] = list(st.session_state[WATCH_WIDGET])
 
 
-if LIVE_STATE in st.session_state:  # an emptied list stays empty: never refill a user's choice
-    watched = [r for r in st.session_state[LIVE_STATE] if r in summaries]
-else:
-    watched = [r for r, s in summaries.items() if s.state in runs.ACTIVE_STATES][:4] or [next(iter(summaries))]
-st.session_state[LIVE_STATE] = watched
+if LIVE_STATE not in st.session_state:  # an emptied list stays empty: never refill a user's choice
+    st.session_state[LIVE_STATE] = ([r for r, s in summaries.items() if s.state in runs.ACTIVE_STATES][:4]
+                                    or [next(iter(summaries))])
+# The list itself is kept whole: a run missing from one listing (being resumed, or its folder copied in
+# again) comes back on the next refresh instead of silently leaving the watch list.
+watched = [r for r in st.session_state[LIVE_STATE] if r in summaries]
+missing = [r for r in st.session_state[LIVE_STATE] if r not in summaries]
 st.session_state[WATCH_WIDGET] = watched
 chosen = st.multiselect("Runs to watch", list(summaries), key=WATCH_WIDGET, on_change=_keep_watch_list,
                         format_func=lambda r: f"{r} ({summaries[r].state})")  # plain text widget
 if not chosen:
-    st.info("Pick at least one run above.", icon=":material/info:")
+    if missing:
+        st.info(f"Waiting for {', '.join(md(r) for r in missing)} to show in the runs folder…",
+                icon=":material/hourglass:")
+
+        @st.fragment(run_every=REFRESH_S)
+        def _wait_for_missing() -> None:
+            if any(r in {s.run_id for s in launcher.list_runs(runs_dir)} for r in missing):
+                st.rerun(scope="app")
+
+        _wait_for_missing()
+    else:
+        st.info("Pick at least one run above.", icon=":material/info:")
     st.stop()
 focus = st.selectbox("Controls, tokens and log for", chosen, index=len(chosen) - 1, key="live_focus")
 

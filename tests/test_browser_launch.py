@@ -52,11 +52,11 @@ def _progress_text(page, run_id: str) -> str:
     bar = page.locator('[data-testid="stProgress"]').filter(has_text=run_id).first
     try:
         bar.wait_for(timeout=60_000)
+        return bar.inner_text(timeout=30_000)
     except Exception:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "live-no-progress.png"), full_page=True)  # what the page showed
         raise
-    return bar.inner_text()
 
 
 def _wait_text(page, run_id: str, predicate, what: str, timeout: float = 120) -> str:
