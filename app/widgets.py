@@ -171,12 +171,11 @@ def pick_step_window(run: RunRef, steps: Sequence[int], key: str) -> list[int]:
                 st.session_state[widget] = (lo, hi)
         except ValueError:
             pass
-    if widget not in st.session_state:
-        default = state.default_steps(steps)
-        st.session_state[widget] = (default[0], default[-1])
+    default = state.default_steps(steps)
+    kwargs = {} if widget in st.session_state else {"value": (default[0], default[-1])}
     lo, hi = st.select_slider("Logged steps analysed", options=list(steps), key=widget,
                               help="Token records of these steps are read. Widen to all steps for the whole run "
-                                   "(slower on very large runs).")
+                                   "(slower on very large runs).", **kwargs)
     st.query_params["steps"] = f"{lo}-{hi}"
     st.session_state[f"_url_steps:{key}"] = f"{lo}-{hi}"
     return [s for s in steps if lo <= s <= hi]

@@ -30,8 +30,8 @@ def _label(option: str) -> str:
     kind, name = option.split(":", 1)
     if kind == "preset":
         return f"preset: {name}"
-    s = by_id[name]
-    return f"run: {name} ({s.state}, step {s.step or 0})"
+    # No state or step in the label: a label that changes while the run trains changes the option's identity.
+    return f"run: {name}"
 
 
 def _values(option: str) -> dict:

@@ -48,8 +48,10 @@ if LIVE_STATE not in st.session_state:  # an emptied list stays empty: never ref
 watched = [r for r in st.session_state[LIVE_STATE] if r in summaries]
 missing = [r for r in st.session_state[LIVE_STATE] if r not in summaries]
 st.session_state[WATCH_WIDGET] = watched
+# Options are shown as bare run ids: a label that changes with the run's state (stopped -> running) changes
+# the option's identity in the browser, which dropped a resumed run from the list.
 chosen = st.multiselect("Runs to watch", list(summaries), key=WATCH_WIDGET, on_change=_keep_watch_list,
-                        format_func=lambda r: f"{r} ({summaries[r].state})")  # plain text widget
+                        help="Each run's state is on its progress bar below.")
 if not chosen:
     if missing:
         st.info(f"Waiting for {', '.join(md(r) for r in missing)} to show in the runs folder…",
