@@ -194,8 +194,12 @@ def vocab_id_map(src_tok: PreTrainedTokenizerBase, dst_tok: PreTrainedTokenizerB
     src, dst = vocabulary(src_tok), vocabulary(dst_tok)
     dst_index: dict[bytes | str, int] = {}
     for i, k in enumerate(dst.keys):
-        if k is not None:
-            dst_index.setdefault(k, i)
+        if k is None:
+            continue
+        # Two ids with the same text: keep the one the tokenizer emits. SentencePiece's byte-fallback piece
+        # <0x2C> reads as "," too, but Gemma writes "," with its own piece and gives <0x2C> almost no mass.
+        if k not in dst_index or _is_byte_piece(dst.raw[dst_index[k]]):
+            dst_index[k] = i
     out = np.fromiter((-1 if k is None else dst_index.get(k, -1) for k in src.keys), dtype=np.int64,
                       count=len(src.keys))
     dst_roles = dict(dst.roles)
@@ -208,6 +212,10 @@ def vocab_id_map(src_tok: PreTrainedTokenizerBase, dst_tok: PreTrainedTokenizerB
     if src_end is not None and src_end < len(out) and dst_roles["eos"] is not None:
         out[src_end] = dst_roles["eos"]  # the end of a reply means the end of a reply on both sides
     return out
+
+
+def _is_byte_piece(raw: str | None) -> bool:
+    return raw is not None and len(raw) == 6 and raw.startswith("<0x") and raw.endswith(">")
 
 
 def mismatched_special_ids(student_tok: PreTrainedTokenizerBase, teacher_tok: PreTrainedTokenizerBase,

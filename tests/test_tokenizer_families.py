@@ -261,3 +261,11 @@ def test_tokens_without_a_one_to_one_alignment_show_no_teacher_candidates():
     assert table["student_topk_ids"][1] == [5, 6]  # the student's own candidates stay
     assert table["teacher_pieces"] == [[" a"], ["b"], ["c", ""]] and table["token_raw"][0] == "Ġa"
     assert table["token"][0] == " a"
+
+
+def test_a_byte_fallback_piece_never_stands_in_for_the_piece_the_tokenizer_emits():
+    student, teacher = byte_level(), gemma_style()
+    mapping = vocab_id_map(student, teacher)
+    t_id = int(mapping[student.convert_tokens_to_ids("t")])
+    assert teacher.convert_ids_to_tokens(t_id) == "t"  # not <0x74>, which reads as "t" too
+    assert teacher("t", add_special_tokens=False)["input_ids"] == [t_id]
