@@ -286,10 +286,12 @@ def preflight_model_source(spec: str, role: str = "student", *, trust_remote_cod
     one) is accepted here and checked later by the GGUF loader.
     """
     path = resolve_model_path(spec, role).expanduser()
-    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
-        if not path.exists():
-            raise ModelLoadError(f"{path}: no such file; give a .gguf file, a checkpoint folder or a toy preset")
-        return ModelSource(path, None, None, gguf=True)
+    if path.suffix == ".gguf" and not path.exists():
+        raise ModelLoadError(f"{path}: no such file; give a .gguf file, a checkpoint folder or a toy preset")
+    gguf_file = _gguf(path)  # a .gguf file, or a folder holding exactly one (and no config.json)
+    if gguf_file is not None:
+        _preflight_gguf(gguf_file)
+        return ModelSource(gguf_file, None, None, gguf=True)
     _check_dir(path, "checkpoint", ("config.json",))
     try:
         config = json.loads((path / "config.json").read_bytes().decode("utf-8"))
@@ -312,3 +314,21 @@ def preflight_model_source(spec: str, role: str = "student", *, trust_remote_cod
                              "use the tokenizer saved with this checkpoint")
     return ModelSource(path, n, rows)
 
+
+def _preflight_gguf(file: Path) -> None:
+    """What can be checked of a GGUF file in a moment: the reader is installed and the file is GGUF.
+    (Its vocabulary is checked against its embedding table when it loads: reading the header's token
+    list takes longer than a pre-flight should.)"""
+    from opd_core.model_tools import gguf_available
+
+    if not gguf_available():
+        raise ModelLoadError(f"{file}: reading a GGUF file needs the 'gguf' package; install it with "
+                             "`pip install gguf` (or pip install -e '.[real]')")
+    try:
+        with open(file, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"{file}: cannot be read ({_one_line(exc)})") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{file}: not a GGUF file (it does not start with 'GGUF'); give a .gguf checkpoint "
+                             "or the folder save_pretrained wrote")

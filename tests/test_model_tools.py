@@ -70,3 +70,17 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_named_in_one_line(tmp_pa
     problem = vocab_fit_problem(tmp_path, 262_145, 262_144)
     assert "262145 tokens" in problem and "262144" in problem and "1 added token" in problem
     assert vocab_fit_problem(tmp_path, 88, 96) is None  # padding rows are normal
+
+
+def test_preflight_accepts_a_gguf_file_and_names_a_fake_one(tmp_path):
+    from opd_core.models import preflight_model_source
+
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"NOPE")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        preflight_model_source(str(fake))
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00")
+    source = preflight_model_source(str(tmp_path))  # a folder holding one .gguf
+    assert source.gguf and source.path == fake
+    with pytest.raises(ModelLoadError, match="no such file"):
+        preflight_model_source(str(tmp_path / "missing.gguf"))
