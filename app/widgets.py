@@ -210,3 +210,19 @@ def fmt(value: object, spec: str = ".3g") -> str:
     except (TypeError, ValueError):
         return "–"
     return "–" if v != v else format(v, spec)
+
+
+def url_choice(param: str, widget_key: str, options: Sequence[str]) -> None:
+    """Let ``?param=`` from a shared link set a choice widget once (before it is drawn); :func:`keep_in_url`
+    writes the choice back, so the address bar always reopens the same view."""
+    value = st.query_params.get(param)
+    seen = f"_url_{param}"
+    if value is not None and value in options and st.session_state.get(seen) != value:
+        st.session_state[widget_key] = value
+    st.session_state[seen] = value
+
+
+def keep_in_url(param: str, value: object) -> None:
+    """Write one of the page's main selections into the URL (see :func:`url_choice`)."""
+    st.query_params[param] = str(value)
+    st.session_state[f"_url_{param}"] = str(value)

@@ -26,7 +26,11 @@ if not options:
     st.stop()
 c1, c2, c3 = st.columns([2, 1, 1])
 default_metric = "eval_accuracy" if "eval_accuracy" in options else options[0]
-metric = c1.selectbox("Metric", options, index=options.index(default_metric), key="cmp_metric")
+widgets.url_choice("metric", "cmp_metric", options)
+if st.session_state.get("cmp_metric") not in options:
+    st.session_state["cmp_metric"] = default_metric
+metric = c1.selectbox("Metric", options, key="cmp_metric")
+widgets.keep_in_url("metric", metric)
 x_label = c2.radio("x axis", list(tables.X_AXES), horizontal=True, key="cmp_x")
 smoothing = c3.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="cmp_smooth",
                       help="Exponential moving average weight (0 = raw values).")

@@ -22,9 +22,13 @@ if not measures:
             icon=":material/info:")
     st.stop()
 c1, c2, c3 = st.columns([2, 2, 1])
+widgets.url_choice("measure", "drift_measure", measures)
+widgets.url_choice("stat", "drift_stat", list(charts.STAT_TITLES))
 measure = c1.selectbox("Drift measured as", measures, format_func=MEASURES.get, key="drift_measure")
 stat = c2.selectbox("Teacher statistic", list(charts.STAT_TITLES), format_func=charts.STAT_TITLES.get,
                     key="drift_stat")
+widgets.keep_in_url("measure", measure)
+widgets.keep_in_url("stat", stat)
 bins = c3.slider("Bins (at most)", 2, 12, 8, key="drift_bins",
                  help="Equal-count bins: where many tokens share a value, neighbouring bins merge, so fewer may be "
                       "drawn. The chart's caption says how many.")

@@ -511,3 +511,17 @@ def test_a_diagnosis_page_keeps_its_step_window_in_the_url(monkeypatch, runs_dir
     fresh = _open(_app(monkeypatch, runs_dir), "imbalance")  # no link: the default window is written to the URL
     window = fresh.get("select_slider")[0].value
     assert fresh.query_params["steps"] in ([f"{window[0]}-{window[1]}"], f"{window[0]}-{window[1]}")
+
+
+def test_drift_and_compare_choices_live_in_the_url(monkeypatch, runs_dir) -> None:
+    at = _app(monkeypatch, runs_dir)
+    at.query_params.update({"run": "runs:alpha", "measure": "prefix_wrong", "stat": "teacher_rank"})
+    _open(at, "drift")
+    assert at.selectbox(key="drift_measure").value == "prefix_wrong"
+    assert at.selectbox(key="drift_stat").value == "teacher_rank"
+    at.selectbox(key="drift_stat").set_value("teacher_top1_prob").run()
+    assert at.query_params["stat"] in (["teacher_top1_prob"], "teacher_top1_prob")
+    other = _app(monkeypatch, runs_dir)
+    other.query_params["metric"] = "grad_norm"
+    _open(other, "compare")
+    assert other.selectbox(key="cmp_metric").value == "grad_norm"
