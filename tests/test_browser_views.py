@@ -95,7 +95,10 @@ def _no_exception(page) -> None:
 
 def _pick(page, widget_label: str, option: str) -> None:
     """Choose an option of a Streamlit selectbox by its label."""
-    page.locator('[data-testid="stSelectbox"]').filter(has_text=widget_label).first.click()
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=widget_label).first
+    box.scroll_into_view_if_needed()
+    box.click()
+    page.keyboard.type(option)  # the option list is virtualised: filter it so the option is rendered
     page.get_by_role("option", name=option, exact=True).first.click()
     _settle(page)
 
