@@ -10,9 +10,13 @@ the same loss and gradients (tests/test_fast_paths.py) from the student's final 
   (``objectives.support_head``).
 
 Only non-logging steps take a fast path: a logging step's per-token record needs both full
-distributions. A step's metrics still come from ``stats.step_stats`` over the student's full logits,
-recomputed under no_grad from the hidden states (one matmul, no gradient kept), so every metric means
-what it meant. Anything the fast paths cannot reproduce bit-for-bit in spirit keeps the reference path:
+distributions. A fast step's metrics still come from ``stats.step_stats`` over the student's full logits,
+recomputed under no_grad from the hidden states (one matmul, no gradient kept): log-ratio, both
+entropies, both full-vocabulary KLs, signal shape, masks, EOS, as on every step. The top-K *set*
+metrics (``student_support_mass``, ``not_in_topk_ratio``, ``topk_overlap``, ``overlap_mass_*``,
+``teachability``: two top-K over V and set masks per token, a third of a step at V = 32K) are written on
+logging steps only, from the full record (the dashboard's support views read the token records of
+those steps anyway). Anything the fast paths cannot reproduce bit-for-bit in spirit keeps the reference path:
 a head with logit scaling or soft-capping, bf16 autocast or non-float32 student weights, score
 temperature, entropy gating.
 """

@@ -269,8 +269,8 @@ class Trainer:
         """The step's metrics as reductions (``stats.step_metrics``) of the full record of a logging step, or
         else of the every-step fused pass, which computes the top-K set statistics only when the objective
         works on a top-K support (a sampled-token step does not otherwise pay for a top-K)."""
-        if record is None:
-            k = self.support_k if self.needs is not TeacherNeeds.SAMPLED else 0
+        if record is None:  # a fast-path step leaves the top-K set metrics to the logging steps (fast_paths.py)
+            k = self.support_k if self.needs is not TeacherNeeds.SAMPLED and sc.head is None else 0
             record = stats.step_stats(sc.full_student_logits(), sc.teacher.logits, sc.batch.response_ids,
                                       sc.teacher.sampled_logp, support_k=k, aligned=sc.teacher.aligned,
                                       signal=out.signal)

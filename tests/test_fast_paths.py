@@ -193,9 +193,13 @@ def test_a_run_on_the_fast_path_logs_what_the_reference_path_logs(tmp_path, monk
     ref = runs.read_metrics(train(from_dict(cfg), tmp_path, "reference"))
     assert len(calls) == 1
     columns = ["loss", "grad_norm", "reverse_kl", "forward_kl", "mean_log_ratio", "student_entropy",
-               "signal_gini", *(["student_support_mass", "topk_overlap", "teachability"] if params else [])]
+               "teacher_entropy_student_prefix", "signal_gini"]
     for col in columns:
         assert fast[col].tolist() == pytest.approx(ref[col].tolist(), rel=1e-5, abs=1e-6), col
+    # the top-K set metrics: logging steps only on the fast path (steps 1 and 3 here), the same values there
+    for col in ("student_support_mass", "topk_overlap", "teachability", "not_in_topk_ratio"):
+        assert fast[col].isna().tolist() == [False, True, False], col
+        assert fast[col][[0, 2]].tolist() == pytest.approx(ref[col][[0, 2]].tolist(), rel=1e-5, abs=1e-6), col
 
 
 def test_the_fast_path_is_planned_only_where_it_is_exact():
