@@ -171,3 +171,23 @@ def test_response_spans_cover_the_text_on_both_the_fast_and_the_fallback_path():
     text, spans = pair.response_spans(ids)
     assert text == "héllo wörld" and spans[-1][1] == len(text)
     assert all(a <= b for a, b in spans)
+
+
+def test_cli_compare_says_what_a_preset_resolves_to_and_prints_each_line_once(capsys):
+    assert cli_compare("toy:mismatched", "toy:mismatched", as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "toy:mismatched → its student" in out and "toy:mismatched → its teacher" in out
+    assert cli_compare("toy:matched", "toy:matched", as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "EOS: both sides use" in out and "None" not in out
+    lines = [line for line in out.splitlines() if line.startswith("re-tokenisation")]
+    assert len(lines) == len(set(lines))
+
+
+def test_a_tokenizer_without_a_chat_template_is_warned_about():
+    from opd_core.alignment import turn_end_warnings
+
+    tok = byte_level()
+    assert not tok.chat_template
+    (warning,) = turn_end_warnings(tok, "teacher")
+    assert "no chat template" in warning and "<|endoftext|>" in warning
