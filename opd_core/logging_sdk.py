@@ -295,6 +295,7 @@ class OPDLogger:
         objective_params: Mapping[str, Any] | None = None,
         signal: Tensor | None = None,
         token_loss: Tensor | None = None,
+        token_value: Tensor | None = None,
         prompts: Sequence[str] | None = None,
         prefix_source: str | Sequence[str] = "student",
         reference_only: Sequence[bool] | None = None,
@@ -306,8 +307,8 @@ class OPDLogger:
 
         Every statistic comes from the same fused pass the built-in loop uses (``stats.dense_token_stats``,
         K = ``top_k``). With ``objective`` (a registered name, e.g. ``"jsd"`` with
-        ``objective_params={"beta": 0.5}``) the per-token ``signal`` and ``token_loss`` are that
-        objective's, as the engine logs them.
+        ``objective_params={"beta": 0.5}``) the per-token ``signal``, ``token_loss`` and
+        ``token_value`` (its per-token value, whose mean is the loss the engine logs) are that objective's.
         """
         if not self.enabled:
             return False
@@ -323,11 +324,12 @@ class OPDLogger:
             from opd_core.objectives import per_token_loss
 
             out = per_token_loss(objective, s_logits, t_logits, ids, trained, **dict(objective_params or {}))
-            signal, token_loss = out.signal, out.loss.detach()
+            signal, token_loss, token_value = out.signal, out.loss.detach(), out.value.detach()
         record = dense_record(s_logits, t_logits, ids, self.top_k, aligned=torch.ones_like(ids, dtype=torch.bool),
                         rollout_top_p=self.rollout_top_p,
                         nucleus_p=self.nucleus_top_p, signal=None if signal is None else signal[:m],
-                        token_loss=None if token_loss is None else token_loss[:m])
+                        token_loss=None if token_loss is None else token_loss[:m],
+                        token_value=None if token_value is None else token_value[:m])
         tensors = {"token_ids": _host(ids, m), "mask": _host(mask, m),
                    "loss_mask": None if loss_mask is None else _host(loss_mask, m)}
         self._queue(step, tensors, record.to("cpu"), int(mask.bool().sum()), prompts=prompts,

@@ -8,6 +8,7 @@ every other damaged line (garbage, not UTF-8, a record without a whole-number ``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ class MetricsWriter:
             fh.truncate(cut)
 
     def append(self, record: dict) -> None:
+        """Append one step's record. JSON has no NaN, so a NaN/inf value is written as null like an
+        unreported one; to keep "diverged" apart from "not reported", the names of the non-finite values
+        are listed under ``nonfinite`` (the health report's NaN check reads that list)."""
+        bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            record = {**record, "nonfinite": bad}
         self._fh.write(to_json(record, indent=None) + "\n")
         self._fh.flush()
 

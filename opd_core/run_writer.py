@@ -112,7 +112,7 @@ def _per_row(value: Sequence | str | bool, rows: int, dtype: Any) -> np.ndarray:
 _FLOAT_COLUMNS = ("student_logp", "teacher_logp", "log_ratio", "student_entropy", "teacher_entropy",
                   "teacher_top1_prob", "signal", "token_loss")          # promised: NaN when unknown
 _OPTIONAL_FLOATS = ("student_support_mass", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher",
-                    "teachability", "reverse_kl", "forward_kl")        # written when known
+                    "teachability", "reverse_kl", "forward_kl", "token_value")  # written when known
 
 
 def token_table(step: int, stats: TokenStats, rows: TokenRows) -> pa.Table:

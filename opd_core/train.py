@@ -289,7 +289,7 @@ class Trainer:
                                        # the logits are already z / tau; the rollout sampled softmax(z / T)
                                        rollout_temperature=self.cfg.temperature / self.cfg.score_temperature_value,
                                        nucleus_p=self.cfg.nucleus_p,
-                                       signal=out.signal, token_loss=out.loss)
+                                       signal=out.signal, token_loss=out.loss, token_value=out.value)
         return sc.teacher.no_number_where_unaligned(record, sc.batch.response_mask)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:

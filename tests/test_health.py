@@ -155,6 +155,12 @@ def test_nan_loss_is_critical(tmp_path):
     assert report.findings[0] is finding  # most severe first
 
 
+def test_an_unreported_grad_norm_is_not_read_as_nan(tmp_path):
+    """An SDK or re-scoring run writes grad_norm as null ("not reported"): that is no divergence."""
+    report = health(write_run(tmp_path / "r", metrics=lambda s: {"grad_norm": None, "lr": None}))
+    assert "nan_loss" not in _training_checks(report)
+
+
 def test_grad_norm_spike_is_flagged(tmp_path):
     report = health(write_run(tmp_path / "r", metrics=lambda s: {"grad_norm": 40.0} if s == 9 else {}))
     assert _training_checks(report) == {"grad_norm_spike"}

@@ -96,11 +96,19 @@ def test_rescoring_a_loop_run_reproduces_the_loop_per_token_columns(tmp_path):
     a = runs.read_tokens(loop).sort_values(KEY).reset_index(drop=True)
     b = runs.read_tokens(result.run_dir).sort_values(KEY).reset_index(drop=True)
     assert len(a) == len(b) and (a[KEY + ["token_id", "masked"]] == b[KEY + ["token_id", "masked"]]).all().all()
-    for col in ("student_logp", "teacher_logp", "log_ratio", "signal", "token_loss", "student_entropy",
-                "teacher_entropy", "teacher_top1_prob", "drift", "student_support_mass"):
+    for col in ("student_logp", "teacher_logp", "log_ratio", "signal", "token_loss", "token_value",
+                "student_entropy", "teacher_entropy", "teacher_top1_prob", "drift", "student_support_mass"):
         np.testing.assert_allclose(b[col], a[col], atol=1e-5, err_msg=col)
     for col in ("teacher_rank", "in_teacher_topk", "in_teacher_nucleus", "tokens_since_off_support"):
         assert (a[col] == b[col]).all(), col
+    # The logged loss means the same in both: the objective's value (sampled-token: mean -r_t), not the
+    # surrogate -A log p_S that is differentiated.
+    loop_m = runs.read_metrics(loop).set_index("step")
+    again_m = runs.read_metrics(result.run_dir).set_index("step")
+    for step in (1, 2):
+        trained = b[(b["step"] == step) & ~b["masked"]]
+        assert again_m.loc[step, "loss"] == pytest.approx(float((-trained["log_ratio"]).mean()), abs=1e-5)
+        assert again_m.loc[step, "loss"] == pytest.approx(loop_m.loc[step, "loss"], abs=1e-5)
     # The weights really changed between the steps, so the checkpoint mapping is what made them equal.
     other = score_rollouts(loop, teacher="toy:matched", student="toy:matched", runs_dir=tmp_path, name="base",
                            log=lambda _: None)

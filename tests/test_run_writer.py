@@ -71,6 +71,7 @@ def test_loop_and_sdk_write_identical_token_columns_and_step_metrics(tmp_path):
                    eos_ids=[EOS], every=1, max_samples=8) as opd:
         opd.log_logits(7, token_ids=batch.response_ids, mask=batch.response_mask, loss_mask=mask,
                        student_logits=s_logits, teacher_logits=t_logits, signal=out.signal, token_loss=out.loss,
+                       token_value=out.value,
                        metrics={"loss": 0.0, "grad_norm": 0.0, "lr": 0.0})
     sdk = pq.read_table(runs.token_file(tmp_path / "sdk", 7))
     loop = loop_table

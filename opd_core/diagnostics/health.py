@@ -277,11 +277,15 @@ def check_collapse(tokens: pd.DataFrame, config: dict, t: Thresholds = THRESHOLD
 # ----------------------------------------------------------------------------- training checks (metrics only)
 
 
-def _null_steps(run_dir: Path, key: str) -> list[int]:
-    """Steps whose record has ``key`` written as null: the writer turns NaN/inf into null."""
+def _nonfinite_steps(run_dir: Path, key: str) -> list[int]:
+    """Steps whose ``key`` was NaN/inf. The writer stores such a value as null and names it under
+    ``nonfinite`` (``run_writer.metrics_record``); a bare null means "not reported" (an SDK run without
+    gradients, a re-scoring run) and is no finding."""
     steps = []
     for rec, _ in runs.iter_metric_records(run_dir):
-        if key in rec and (rec[key] is None or (isinstance(rec[key], float) and not math.isfinite(rec[key]))):
+        value = rec.get(key)
+        marked = key in (rec.get("nonfinite") or ())
+        if marked or (isinstance(value, float) and not math.isfinite(value)):
             steps.append(rec.get("step"))
     return steps
 
@@ -289,7 +293,7 @@ def _null_steps(run_dir: Path, key: str) -> list[int]:
 def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresholds = THRESHOLDS) -> list[Finding]:
     """Cheap checks on metrics.jsonl: NaN loss, grad-norm spikes, runaway response length, falling eval."""
     found: list[Finding] = []
-    bad = sorted(set(_null_steps(run_dir, "loss")) | set(_null_steps(run_dir, "grad_norm")), key=str)
+    bad = sorted(set(_nonfinite_steps(run_dir, "loss")) | set(_nonfinite_steps(run_dir, "grad_norm")), key=str)
     if bad:
         found.append(Finding(
             mode="training", severity="critical", title=f"loss or grad norm is NaN/inf at {len(bad)} step(s)",

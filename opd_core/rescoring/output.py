@@ -102,7 +102,7 @@ def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
     wanted = ["sample", "signal", "masked", "is_special", "is_eos", "prefix_source", "student_logp", "teacher_logp",
               "log_ratio", "teacher_entropy", "student_entropy", "token_loss", "correct", "reward", "response_len",
               "student_support_mass", "topk_overlap", "overlap_mass_student", "overlap_mass_teacher", "teachability",
-              "reverse_kl", "forward_kl", "in_teacher_topk", "aligned"]
+              "reverse_kl", "forward_kl", "in_teacher_topk", "aligned", "token_value"]
     present = set(runs.token_schema_columns(run_dir))
     df = runs.read_tokens(run_dir, [step], [c for c in wanted if c in present])
     trained = ~df["masked"].to_numpy(bool)
@@ -117,7 +117,10 @@ def step_metrics(run_dir: Path, step: int, seconds: float) -> dict:
                                  eos=flag["is_eos"])
     summary.pop("eos_rate", None)  # a per-response rate: meaningless on one flat row
     n = int(trained.sum())
-    loss = float(df["token_loss"].to_numpy(np.float64)[trained].sum() / max(n, 1))
+    # The logged loss is the objective's value (what it estimates), as in the loop; token_loss is the
+    # surrogate that is differentiated (for sampled_token they differ by a factor of -log p_S).
+    per_token = df["token_value"] if "token_value" in df else df["token_loss"]
+    loss = float(per_token.to_numpy(np.float64)[trained].sum() / max(n, 1))
     correct = per_sample["correct"].dropna()
     reward = per_sample["reward"].dropna()
     summary.update({

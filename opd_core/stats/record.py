@@ -68,6 +68,7 @@ class TokenStats:
     forward_kl: Tensor | None = None
     signal: Tensor | None = None
     token_loss: Tensor | None = None
+    token_value: Tensor | None = None            # the objective's per-token value (what the logged loss averages)
     teacher_topk_ids: Tensor | None = None
     teacher_topk_logps: Tensor | None = None
     student_topk_ids: Tensor | None = None
@@ -216,14 +217,15 @@ def dense_token_stats(student_logits: Tensor, teacher_logits: Tensor, ids: Tenso
                       teacher_logp: Tensor | None = None, *, aligned: Tensor | None = None,
                       support_k: int = DEFAULT_SUPPORT_K, log_top_k: int = 8, rollout_top_p: float = 1.0,
                       rollout_temperature: float = 1.0, nucleus_p: float = 0.9, signal: Tensor | None = None,
-                      token_loss: Tensor | None = None) -> TokenStats:
+                      token_loss: Tensor | None = None, token_value: Tensor | None = None) -> TokenStats:
     """The full per-token record from both models' logits (logging steps): one fused chunked pass.
 
     ``teacher_logp`` is the teacher's log-prob of each sampled token (for a cross-tokenizer pair the
     chain rule over its characters, ``scoring.TeacherScores.sampled_logp``); ``aligned`` marks where
     ``teacher_logits`` is a meaningful distribution. Top-K lists keep ``log_top_k`` entries; the
     top-K statistics use ``support_k``. ``signal`` defaults to the sampled log-ratio and ``token_loss``
-    to the γ=0 sampled-token loss −signal·log p_S.
+    to the γ=0 sampled-token loss −signal·log p_S. ``token_value`` is the objective's per-token value
+    (``ObjectiveOutput.value``), whose reduction is the logged ``loss``; None when not known.
     """
     out = _teacher_side(_fused_pass(student_logits.detach(), teacher_logits.detach(), ids, support_k=support_k,
                                     log_k=log_top_k, full=True, rollout_top_p=rollout_top_p,
@@ -237,8 +239,9 @@ def dense_token_stats(student_logits: Tensor, teacher_logits: Tensor, ids: Tenso
         out[name] = out[name][..., :L]
     log_ratio = t_lp - out["student_logp"]
     signal, token_loss = default_signal(log_ratio, out["student_logp"], signal, token_loss)
+    value = None if token_value is None else token_value.detach().float()
     return TokenStats(teacher_logp=t_lp, log_ratio=log_ratio, aligned=aligned, signal=signal,
-                      token_loss=token_loss, **out)
+                      token_loss=token_loss, token_value=value, **out)
 
 
 def _own_logp(logits: Tensor, ids: Tensor) -> Tensor:
