@@ -58,7 +58,8 @@ class FastPath:
         # announce the loop's reduction: a gradient proportional to it (any global count) is used as is
         weights = reduction_weights(lambda x: reduce_loss(x, mask, reduction=reduction), mask)
         loss, _ = fused_head_kl(head.hidden, head.weight, head.bias, teacher_logits, sampled_ids, mask,
-                                alpha=KL_ALPHA[self.objective](self.params), reduce_weights=weights)
+                                alpha=KL_ALPHA[self.objective](self.params), reduce_weights=weights,
+                                with_stats=False)  # the loop's metrics come from stats.step_stats
         return ObjectiveOutput(loss=loss, signal=loss.detach(), extras={}, value=loss.detach())
 
     def compute(self, sc, support_k: int, reduction: str = "token_mean") -> ObjectiveOutput:

@@ -48,13 +48,15 @@ def test_fused_head_kl_gives_the_reference_loss_and_gradients(objective, params,
         return reduce_loss(loss, mask, reduction=reduction)
 
     ref_loss, ref_grads, _ = _reference(objective, hidden, weight, b, teacher, ids, mask, reduce, **params)
-    h, w, bb = _leaves(hidden, weight, b)
-    loss, _ = fused_head_kl(h, w, bb, teacher, ids, mask, alpha=alpha, chunk_tokens=4,
-                            reduce_weights=reduction_weights(reduce, mask))
-    reduce(loss).backward()
-    torch.testing.assert_close(loss.detach(), ref_loss, **TOL)
-    for got, want in zip([t.grad for t in (h, w, bb) if t is not None], ref_grads):
-        torch.testing.assert_close(got, want, **TOL)
+    for with_stats, announce in ((True, True), (False, True), (False, False)):  # False: the recompute backward
+        h, w, bb = _leaves(hidden, weight, b)
+        loss, stats = fused_head_kl(h, w, bb, teacher, ids, mask, alpha=alpha, chunk_tokens=4, with_stats=with_stats,
+                                    reduce_weights=reduction_weights(reduce, mask) if announce else None)
+        assert bool(stats) == with_stats
+        reduce(loss).backward()
+        torch.testing.assert_close(loss.detach(), ref_loss, **TOL)
+        for got, want in zip([t.grad for t in (h, w, bb) if t is not None], ref_grads):
+            torch.testing.assert_close(got, want, **TOL)
 
 
 def test_fused_head_kl_recomputes_when_the_gradient_is_not_the_announced_reduction():

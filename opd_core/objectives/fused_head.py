@@ -33,7 +33,8 @@ def _chunk_rows(vocab: int, chunk_tokens: int | None) -> int:
     return chunk_tokens if chunk_tokens else max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
-def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, teacher: Tensor, alpha: float, grad: bool = True):
+def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, teacher: Tensor, alpha: float, grad: bool = True,
+           both: bool = True):
     """Loss, analytic d loss / d logits (None unless ``grad``), and the two log-softmaxes of one chunk."""
     x = h @ weight.T
     if bias is not None:
@@ -43,9 +44,9 @@ def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, teacher: Tensor, alph
     lt = torch.log_softmax(teacher.to(x.dtype), -1).clamp_min_(torch.finfo(x.dtype).min)
     p, q = ls.exp(), lt.exp()
     diff = ls - lt
-    rev = (p * diff).sum(-1)
-    fwd = -(q * diff).sum(-1)
-    loss = torch.zeros_like(rev)
+    rev = (p * diff).sum(-1) if both or alpha < 1.0 else None
+    fwd = -(q * diff).sum(-1) if both or alpha > 0.0 else None
+    loss = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     g = torch.zeros_like(x) if grad else None
     if alpha > 0.0:  # a zero weight drops its term entirely, as kl_mix does
         loss = loss + alpha * fwd
@@ -73,7 +74,8 @@ class _FusedHeadKL(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for a in range(0, n, chunk):
                 h = hidden[a:a + chunk].to(dt)
-                value, g, ls, lt, p, q, rev, fwd = _chunk(h, W, b, teacher[rows[a:a + chunk]], alpha, want_grad)
+                value, g, ls, lt, p, q, rev, fwd = _chunk(h, W, b, teacher[rows[a:a + chunk]], alpha, want_grad,
+                                                          stats_out is not None)
                 loss[a:a + chunk] = value
                 if stats_out is not None:
                     stats_out["student_logp"][a:a + chunk] = ls.gather(-1, ids[a:a + chunk, None]).squeeze(-1)
@@ -112,7 +114,7 @@ class _FusedHeadKL(torch.autograd.Function):
             with torch.autocast(hidden.device.type, enabled=False):
                 for a in range(0, hidden.shape[0], ctx.chunk):
                     h = hidden[a:a + ctx.chunk].to(dt)
-                    _, g, *_ = _chunk(h, W, b, teacher[rows[a:a + ctx.chunk]], ctx.alpha)
+                    _, g, *_ = _chunk(h, W, b, teacher[rows[a:a + ctx.chunk]], ctx.alpha, both=False)
                     g = g * grad_loss[a:a + ctx.chunk, None].to(dt)
                     gh[a:a + ctx.chunk] = g @ W
                     gw.addmm_(g.T, h)
@@ -158,6 +160,7 @@ def fused_head_kl(
     support_k: int = 0,
     support_ids: Tensor | None = None,
     chunk_tokens: int | None = None,
+    with_stats: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token alpha KL(q||p) + (1 - alpha) KL(p||q) of logits = hidden @ weight.T + bias, without [B,T,V].
 
@@ -168,7 +171,7 @@ def fused_head_kl(
     zero where masked (``support_mass`` only with ``support_k``: the mass on the teacher's top-``support_k``, or
     on ``support_ids`` [B,T,K] when the caller already has them). ``reduce_weights`` [B,T]: d scalar / d loss
     of the reduction the caller will apply (``reduction_weights``), which lets the forward compute the
-    gradient once.
+    gradient once. ``with_stats=False`` skips the statistics (an empty dict is returned).
     """
     B, T, H = hidden.shape
     V = weight.shape[0]
@@ -181,10 +184,10 @@ def fused_head_kl(
     n = rows.numel()
     support = support_ids.reshape(B * T, -1)[rows].long() if support_ids is not None else min(support_k, V)
     names = STATS if support_ids is not None or support_k else STATS[:-1]
-    stats = {name: torch.zeros(n, dtype=dt, device=hidden.device) for name in names}
+    stats = {name: torch.zeros(n, dtype=dt, device=hidden.device) for name in names} if with_stats else None
     loss_rows = _FusedHeadKL.apply(flat_h, weight, bias, teacher, rows, ids, support, float(alpha), w,
                                    _chunk_rows(V, chunk_tokens), stats)
     loss = torch.zeros(B * T, dtype=dt, device=hidden.device).index_put((rows,), loss_rows)
     full = {name: torch.zeros(B * T, dtype=dt, device=hidden.device).index_put_((rows,), v).reshape(B, T)
-            for name, v in stats.items()}
+            for name, v in (stats or {}).items()}
     return loss.reshape(B, T), full
