@@ -300,12 +300,15 @@ def _check_model_ref(name: str, value: str) -> None:
             raise ConfigError(f"config field '{name}': unknown preset {value!r}; presets: {', '.join(PRESETS)}")
         return
     path = Path(value).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return  # a GGUF checkpoint, read by transformers' GGUF support (models.py)
     if not path.is_dir():
         raise ConfigError(f"config field '{name}': {value!r} is not a directory; give a local Hugging Face "
-                          "checkpoint folder (with config.json) or a preset such as toy:matched")
-    if not (path / "config.json").exists():
+                          "checkpoint folder (with config.json), a .gguf file or a preset such as toy:matched")
+    if not (path / "config.json").exists() and not any(path.glob("*.gguf")):
         raise ConfigError(f"config field '{name}': {value!r} has no config.json, so it is not a Hugging Face "
-                          "checkpoint; point at the folder save_pretrained wrote")
+                          "checkpoint (nor a folder holding a .gguf file); point at the folder save_pretrained "
+                          "wrote, or convert a GGUF file with `opd-lab models convert`")
 
 
 def _check_task(value: str) -> None:

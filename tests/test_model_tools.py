@@ -84,3 +84,14 @@ def test_preflight_accepts_a_gguf_file_and_names_a_fake_one(tmp_path):
     assert source.gguf and source.path == fake
     with pytest.raises(ModelLoadError, match="no such file"):
         preflight_model_source(str(tmp_path / "missing.gguf"))
+
+
+def test_config_accepts_a_gguf_model_argument_and_hints_at_convert(tmp_path):
+    from opd_core.config import ConfigError, from_dict
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert from_dict({"student": str(tmp_path / "m.gguf")}).student == str(tmp_path / "m.gguf")
+    assert from_dict({"teacher": str(tmp_path)}).teacher == str(tmp_path)  # a folder holding one
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="models convert"):
+        from_dict({"student": str(tmp_path / "empty")})
