@@ -79,7 +79,7 @@ def save(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torc
     return target
 
 
-def _untied_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _untied_state(model: torch.nn.Module, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The state dict with each tied tensor stored once (safetensors refuses shared storage, and a copy
     of a tied embedding doubles a small model's checkpoint), and {dropped key: the key it shares}."""
     state, tied, first = {}, {}, {}
@@ -90,7 +90,7 @@ def _untied_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict
             tied[k] = first[key]
             continue
         first[key] = k
-        state[k] = v.contiguous().cpu().clone()
+        state[k] = v.contiguous().cpu().clone() if copy else v
     return state, tied
 
 
@@ -105,8 +105,12 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     weights = load_file(str(ckpt / "student.safetensors"), device=str(device))
     with safe_open(str(ckpt / "student.safetensors"), framework="pt") as f:
         tied = json.loads((f.metadata() or {}).get("tied", "{}"))
-    for k, source in tied.items():
-        weights[k] = weights[source]  # stored once; load_state_dict copies it into both (still tied) places
+    _, model_ties = _untied_state(model, copy=False)
+    for k, source in {**model_ties, **tied}.items():
+        # Stored once; load_state_dict copies it into both (still tied) places. The model's own ties
+        # count too, for a file whose metadata was lost (rewritten by another tool).
+        if k not in weights and source in weights:
+            weights[k] = weights[source]
     expected = model.state_dict()
     wrong = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     missing = [k for k in expected if k not in weights]
