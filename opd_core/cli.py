@@ -145,14 +145,32 @@ def _train(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # one progress bar on the terminal: the run's
 
+    watches: list = []
     try:
         outcome = train_from_cli(config_path=args.config, overrides=args.overrides, runs_dir=args.runs_dir,
-                                 name=args.name, resume=args.resume, progress=not args.no_progress)
+                                 name=args.name, resume=args.resume, progress=not args.no_progress,
+                                 on_start=lambda run_dir: watches.extend(_watch_health(run_dir)))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    finally:
+        for watch in watches:
+            watch.stop()
     if outcome.run_dir is not None:
         _start_queued_runs(outcome.run_dir.parent)
     return outcome.code
+
+
+def _watch_health(run_dir) -> list:
+    """With ``stop_on_critical``, stop this trainer (SIGTERM: finish the step, checkpoint, `stopped`) on the
+    first critical health finding (opd_core.health_watch); returns the started watch, if any."""
+    from opd_core import runs
+    from opd_core.health_watch import CriticalFindingWatch
+
+    if not (runs.read_config(run_dir) or {}).get("stop_on_critical"):
+        return []
+    watch = CriticalFindingWatch(run_dir)
+    watch.start()
+    return [watch]
 
 
 def _start_queued_runs(runs_dir) -> None:

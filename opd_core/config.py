@@ -124,6 +124,9 @@ class RunConfig:
     eval_size: int = _f(64, "Logging", "Eval prompts.", lo=1, hi=10_000)
     checkpoint_every: int = _f(50, "Logging", "Save student, optimizer and step every N steps (0 = only at the end "
                                "and on stop). Resume and fork start from these.", lo=0, hi=10_000_000)
+    stop_on_critical: bool = _f(False, "Logging", "Stop the run (finish the step, keep a checkpoint to fork from, "
+                                "state `stopped`) when the health report finds a critical problem; evaluated by "
+                                "`opd-lab train` each time new token records land.")
     # Lineage (written by fork; not set by hand)
     parent_run: str | None = _f(None, "Logging", "Run this one was forked from (set by `opd-lab runs fork`).",
                                 lineage=True)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,16 +144,21 @@ class CliOutcome:
 
 
 def train_from_cli(config_path: str | None, overrides: list[str], runs_dir: str, name: str | None,
-                   resume: str | None, progress: bool = True) -> CliOutcome:
+                   resume: str | None, progress: bool = True,
+                   on_start: Callable[[Path], object] | None = None) -> CliOutcome:
     """`opd-lab train`: validate first (no run dir on a bad config), print the run dir, then train.
 
     Under torchrun every rank runs this; rank 0 creates the run directory and tells the others.
+    ``on_start(run_dir)`` runs on rank 0 just before training (the command line starts its health
+    watch there: the trainer itself never reads the diagnostics).
     """
     dist = init_from_env()
     try:
         run_dir, resume_flag = _prepare_run_dir(config_path, overrides, runs_dir, name, resume, dist)
         if dist.is_main:
             print(run_dir, flush=True)
+            if on_start is not None:
+                on_start(run_dir)
         state = run_in_dir(run_dir, resume=resume_flag, progress=progress, dist=dist)
         return CliOutcome(0 if state in ("finished", "stopped") else 1, run_dir if dist.is_main else None)
     finally:

@@ -287,3 +287,38 @@ def test_no_broken_pipe_traceback_when_the_reader_goes_away():
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert json.dumps is not None
+
+
+# ----------------------------------------------------------------------------- stop on a critical finding
+
+
+def test_stop_on_critical_stops_the_mismatched_baseline_with_a_checkpoint_and_names_the_finding(tmp_path):
+    """The baseline (mismatched pair, no masking) shows a critical mismatch finding from its first logged
+    steps: with stop_on_critical the run stops well before its last step, keeps a checkpoint to fork
+    from, and its status says which finding stopped it."""
+    from opd_core import checkpoints, cli
+
+    sets = ["steps=60", "prompts_per_step=4", "num_rollouts=4", "max_new_tokens=24", "eval_every=0",
+            "eval_size=4", "log_tokens_every=1", "checkpoint_every=0", "reference_rollouts=false",
+            "stop_on_critical=true"]
+    argv = ["train", "baseline", "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--name", "watched"]
+    for s in sets:
+        argv += ["--set", s]
+    assert cli.main(argv) == 0
+    run = tmp_path / "runs" / "watched"
+    status = runs.read_status(run)
+    assert status["state"] == "stopped" and status["step"] < 60
+    assert status["stopped_by"]["reason"] == "stop_on_critical" and status["stopped_by"]["finding"]
+    assert checkpoints.latest(run) is not None
+
+
+def test_without_stop_on_critical_the_same_run_is_not_stopped(tmp_path):
+    from opd_core import cli
+
+    argv = ["train", "baseline", "--no-progress", "--runs-dir", str(tmp_path / "runs"), "--name", "free"]
+    for s in ["steps=3", "prompts_per_step=2", "num_rollouts=2", "max_new_tokens=12", "eval_every=0",
+              "eval_size=4", "log_tokens_every=1", "reference_rollouts=false"]:
+        argv += ["--set", s]
+    assert cli.main(argv) == 0
+    status = runs.read_status(tmp_path / "runs" / "free")
+    assert status["state"] == "finished" and "stopped_by" not in status
