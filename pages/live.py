@@ -90,6 +90,11 @@ def _progress_row(run_id: str, frame) -> launcher.Progress:
     st.progress(p.fraction, text=text)
     if p.state == "failed":
         st.error(f"{md(run_id)} failed: {md(p.error or 'no error recorded')}", icon=STATE_ICONS["failed"])
+    stopped_by = runs.read_status(runs.run_path(runs_dir, run_id)).get("stopped_by")
+    if p.state == "stopped" and isinstance(stopped_by, dict):
+        st.warning(f"{md(run_id)} was stopped at step {md(stopped_by.get('step'))} by `stop_on_critical`: "
+                   f"{md(stopped_by.get('finding'))}. Fix to try: {md(stopped_by.get('fix'))}; fork it from its "
+                   "last checkpoint below.", icon=":material/health_and_safety:")
     return p
 
 

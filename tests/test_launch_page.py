@@ -176,3 +176,20 @@ def test_objective_parameters_are_typed_widgets_from_the_registry_and_reach_the_
     config = runs.read_config(runs_dir / "typed-k")
     assert config["objective"] == "topk_support"
     assert config["objective_params"]["k"] == 16 and config["objective_params"]["tail_bucket"] is True
+
+
+def test_live_page_says_which_critical_finding_stopped_a_run(runs_dir: Path) -> None:
+    """A run stopped by stop_on_critical: Live names the finding and the fix (run-file text stays inert)."""
+    run = runs.create_run_dir(runs_dir, "guarded")
+    runs.write_config(run, {"objective": "sampled_token", "steps": 40, "stop_on_critical": True})
+    runs.write_status(run, state="stopped", step=6, total_steps=40,
+                      stopped_by={"reason": "stop_on_critical", "step": 6, "mode": "mismatch",
+                                  "finding": "EOS carries `41%` of the signal", "fix": "mask_special_tokens=true"})
+    live = _page("live.py")
+    live.session_state["opd_live_runs"] = ["guarded"]
+    live.run()
+    assert not live.exception, live.exception
+    text = " ".join(w.value for w in live.warning)
+    plain = text.replace("\\", "")
+    assert "stop_on_critical" in plain and "mask_special_tokens=true" in plain and "EOS carries `41%`" in plain
+    assert "\\`41" in text  # the backticks from the run file are escaped, not a code span
