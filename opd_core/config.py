@@ -316,8 +316,9 @@ def _check_model_ref(name: str, value: str) -> None:
 
 def _check_task(value: str) -> None:
     if value.startswith("toy"):
-        if value not in ("toy", "toy:addition"):
-            raise ConfigError(f"config field 'task': unknown built-in task {value!r}; use toy:addition or a .jsonl path")
+        if value not in ("toy", "toy:addition", "toy:addition-v2"):
+            raise ConfigError(f"config field 'task': unknown built-in task {value!r}; use toy:addition, "
+                              "toy:addition-v2 or a .jsonl path")
         return
     if not Path(value).expanduser().is_file():
         raise ConfigError(f"config field 'task': {value!r} is not a file; give a JSONL file of prompts or toy:addition")

@@ -167,8 +167,12 @@ def load_task(spec: str) -> Task:
         from opd_core.toy.task import AdditionTask
 
         return AdditionTask()
+    if spec == "toy:addition-v2":
+        from opd_core.toy.task_v2 import CorrectableAdditionTask
+
+        return CorrectableAdditionTask()
     if spec.startswith("toy:"):
-        raise ValueError(f"unknown built-in task {spec!r}; the built-in task is 'toy:addition'")
+        raise ValueError(f"unknown built-in task {spec!r}; the built-in tasks are 'toy:addition', 'toy:addition-v2'")
     if not spec.endswith(".jsonl"):
         raise ValueError(f"task {spec!r} is neither a built-in ('toy:addition') nor a .jsonl file path")
     return JsonlTask.from_file(spec)

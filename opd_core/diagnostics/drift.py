@@ -183,3 +183,170 @@ def summary(tokens: pd.DataFrame) -> dict:
     out["entropy_ratio_drifted_reference"] = _ratio(d["teacher_entropy"], ref["teacher_entropy"])
     out["top1_drop_drifted_reference"] = d["teacher_top1_prob"] - ref["teacher_top1_prob"]
     return out
+
+
+# ----------------------------------------------------------------------------- position-matched views
+# Drifted prefixes sit late in a response and the teacher's entropy changes with position on its own, so
+# comparing drifted with on-support tokens over all positions confounds drift with position. These views
+# compare within absolute-position buckets (the seed's analyze/teacher_entropy.py plots teacher entropy
+# against absolute position on the teacher's rollouts, the initial student's and a trained student's).
+
+POSITION_COLUMNS: tuple[str, ...] = ("step", "sample", "pos", "masked", "reference_only", "prefix_source",
+                                     "tokens_since_off_support", "prefix_wrong", "teacher_entropy",
+                                     "teacher_top1_prob", "log_ratio", "overlap_mass_student",
+                                     "overlap_mass_teacher", "teachability")
+POSITION_STATS: tuple[str, ...] = ("teacher_entropy", "teacher_top1_prob", "log_ratio")
+OVERLAP_STATS: tuple[str, ...] = ("overlap_mass_student", "overlap_mass_teacher", "teachability")
+GAP_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _bucketed(rows: pd.DataFrame, bucket: int) -> np.ndarray:
+    if bucket < 1:
+        raise DiagnosticsError(f"bucket must be at least 1 token, got {bucket}")
+    return (np.nan_to_num(float_column(rows, "pos"), nan=0.0).astype(np.int64) // bucket) * bucket
+
+
+def rollout_groups(tokens: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The three rollout sets of the seed's plot: the teacher's own rollouts, the student's at the first
+    logged step, and the student's at the last logged step ("now"); masked rows left out."""
+    rows = _stat_rows(narrow(tokens, POSITION_COLUMNS))
+    teacher = source_is(rows, "teacher")
+    student = rows[~teacher]
+    out = {"teacher rollouts": rows[teacher]}
+    if student.empty or "step" not in student.columns:
+        return {**out, "student (first step)": student, "student (now)": student}
+    first, last = student["step"].min(), student["step"].max()
+    out["student (first step)"] = student[student["step"] == first]
+    out["student (now)"] = student[student["step"] == last]
+    return out
+
+
+def stats_by_position(tokens: pd.DataFrame, bucket: int = 8) -> pd.DataFrame:
+    """Mean teacher entropy, top-1 probability and signed gap log p_T - log p_S per absolute-position
+    bucket, for the teacher's rollouts, the first logged student rollouts and the latest ones.
+
+    Columns: group, pos_bucket, n, teacher_entropy, teacher_top1_prob, log_ratio.
+    """
+    frames = []
+    for group, rows in rollout_groups(tokens).items():
+        if rows.empty:
+            continue
+        frame = pd.DataFrame({"pos_bucket": _bucketed(rows, bucket)})
+        for stat in POSITION_STATS:
+            frame[stat] = float_column(rows, stat)
+        g = frame.groupby("pos_bucket", sort=True)
+        out = g[list(POSITION_STATS)].mean()
+        out.insert(0, "n", g.size().astype(np.int64))
+        out = out.reset_index()
+        out.insert(0, "group", group)
+        frames.append(out)
+    if not frames:
+        return pd.DataFrame(columns=["group", "pos_bucket", "n", *POSITION_STATS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def gap_quantiles_by_position(tokens: pd.DataFrame, bucket: int = 4) -> pd.DataFrame:
+    """The paper's Fig. 4: quantiles of the signed gap log p_T - log p_S on student-prefix tokens per
+    response-position bucket, plus the share of negative gaps (lower tails widen with position)."""
+    rows = _stat_rows(narrow(tokens, POSITION_COLUMNS))
+    rows = rows[~source_is(rows, "teacher")]
+    gap = float_column(rows, "log_ratio")
+    keep = np.isfinite(gap)
+    frame = pd.DataFrame({"pos_bucket": _bucketed(rows, bucket)[keep], "gap": gap[keep]})
+    cols = ["pos_bucket", "n", "negative_share", *[f"q{int(q * 100):02d}" for q in GAP_QUANTILES]]
+    if frame.empty:
+        return pd.DataFrame(columns=cols)
+    g = frame.groupby("pos_bucket", sort=True)["gap"]
+    out = pd.DataFrame({"n": g.size(), "negative_share": g.apply(lambda v: float((v < 0).mean()))})
+    for q in GAP_QUANTILES:
+        out[f"q{int(q * 100):02d}"] = g.quantile(q)
+    return out.reset_index()[cols]
+
+
+def _drift_flag(rows: pd.DataFrame) -> np.ndarray:
+    """Drifted student rows: off the teacher's nucleus before this token, else past the first error."""
+    if "tokens_since_off_support" in rows.columns and rows["tokens_since_off_support"].notna().any():
+        return np.nan_to_num(float_column(rows, "tokens_since_off_support"), nan=0.0) > 0
+    return bool_column(rows, "prefix_wrong")
+
+
+def drifted_by_position(tokens: pd.DataFrame, bucket: int = 8, measure: str = "auto") -> pd.DataFrame:
+    """Teacher entropy and top-1 on drifted vs on-support student prefixes WITHIN each position bucket,
+    with the teacher's own rollouts at the same positions as the reference.
+
+    ``measure``: ``tokens_since_off_support`` (> 0), ``prefix_wrong``, or ``auto`` (the first present).
+    Columns: pos_bucket, prefix (drifted | on support | teacher), n, teacher_entropy, teacher_top1_prob.
+    """
+    rows = _stat_rows(narrow(tokens, POSITION_COLUMNS))
+    teacher = source_is(rows, "teacher")
+    student = rows[~teacher]
+    if measure == "prefix_wrong":
+        flag = bool_column(student, "prefix_wrong")
+    elif measure in ("tokens_since_off_support", "auto"):
+        flag = _drift_flag(student)
+    else:
+        raise DiagnosticsError(f"unknown drift measure {measure!r}; use tokens_since_off_support, prefix_wrong "
+                               "or auto")
+    labels = np.concatenate([np.where(flag, "drifted", "on support"), np.full(int(teacher.sum()), "teacher")])
+    both = pd.concat([student, rows[teacher]])
+    frame = pd.DataFrame({"pos_bucket": _bucketed(both, bucket), "prefix": labels})
+    for stat in ("teacher_entropy", "teacher_top1_prob"):
+        frame[stat] = float_column(both, stat)
+    if frame.empty:
+        return pd.DataFrame(columns=["pos_bucket", "prefix", "n", "teacher_entropy", "teacher_top1_prob"])
+    g = frame.groupby(["pos_bucket", "prefix"], sort=True)
+    out = g[["teacher_entropy", "teacher_top1_prob"]].mean()
+    out.insert(0, "n", g.size().astype(np.int64))
+    return out.reset_index()
+
+
+def position_matched_gap(tokens: pd.DataFrame, bucket: int = 8, measure: str = "auto") -> dict:
+    """Drifted minus on-support teacher entropy (and top-1 probability), averaged over position buckets
+    that hold both, weighted by the drifted tokens in each: the drift effect with position held fixed.
+
+    Keys: entropy_gap, top1_drop (on-support minus drifted), n_drifted, buckets.
+    """
+    table = drifted_by_position(tokens, bucket, measure)
+    wide = table.pivot_table(index="pos_bucket", columns="prefix", values=["teacher_entropy", "teacher_top1_prob",
+                                                                          "n"], aggfunc="first")
+    out = {"entropy_gap": float("nan"), "top1_drop": float("nan"), "n_drifted": 0, "buckets": 0}
+    if wide.empty or ("n", "drifted") not in wide.columns or ("n", "on support") not in wide.columns:
+        return out
+    wide = wide.dropna(subset=[("n", "drifted"), ("n", "on support")])
+    if wide.empty:
+        return out
+    w = wide[("n", "drifted")].to_numpy(dtype=float)
+    ent = (wide[("teacher_entropy", "drifted")] - wide[("teacher_entropy", "on support")]).to_numpy(dtype=float)
+    top = (wide[("teacher_top1_prob", "on support")] - wide[("teacher_top1_prob", "drifted")]).to_numpy(dtype=float)
+    ok = np.isfinite(ent) & np.isfinite(top)
+    if not ok.any():
+        return out
+    return {"entropy_gap": float(np.average(ent[ok], weights=w[ok])),
+            "top1_drop": float(np.average(top[ok], weights=w[ok])),
+            "n_drifted": int(w[ok].sum()), "buckets": int(ok.sum())}
+
+
+def overlap_by_position(tokens: pd.DataFrame, bucket: int = 8) -> pd.DataFrame:
+    """Mean top-K overlap masses (the student's and the teacher's mass on the shared top-K set) and local
+    teachability per position bucket on student prefixes, for the first and latest logged steps.
+
+    Empty (``attrs['missing']``) when the run's token records lack those columns (an older engine)."""
+    present = [c for c in OVERLAP_STATS if c in tokens.columns]
+    if not present:
+        out = pd.DataFrame(columns=["group", "pos_bucket", "n", *OVERLAP_STATS])
+        out.attrs["missing"] = list(OVERLAP_STATS)
+        return out
+    frames = []
+    for group, rows in rollout_groups(tokens).items():
+        if group == "teacher rollouts" or rows.empty:
+            continue
+        frame = pd.DataFrame({"pos_bucket": _bucketed(rows, bucket)})
+        for stat in present:
+            frame[stat] = float_column(rows, stat)
+        g = frame.groupby("pos_bucket", sort=True)
+        out = g[present].mean()
+        out.insert(0, "n", g.size().astype(np.int64))
+        out = out.reset_index()
+        out.insert(0, "group", group)
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["group", "pos_bucket", "n"])

@@ -136,15 +136,20 @@ def greedy_responses(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
 
 
 def greedy_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task: Task,
-                    examples: list[Example]) -> float:
+                    examples: list[Example], max_new_tokens: int = 40) -> float:
     """Share of examples whose greedy response the task grades correct."""
-    responses = greedy_responses(model, tokenizer, [ex.prompt for ex in examples])
+    responses = greedy_responses(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens=max_new_tokens)
     return sum(task.grade(ex, r).correct for ex, r in zip(examples, responses)) / len(examples)
 
 
 def train_sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task: Task, recipe: Recipe, *,
-              seed: int, log: Callable[[str], None] = print) -> dict:
-    """Train on fresh seeded train-split problems; returns steps run and the last eval accuracy seen."""
+              seed: int, log: Callable[[str], None] = print,
+              batch_fn: Callable[[PreTrainedTokenizerBase, int], dict] | None = None,
+              max_new_tokens: int = 40) -> dict:
+    """Train on fresh seeded train-split problems; returns steps run and the last eval accuracy seen.
+
+    ``batch_fn(tokenizer, seed)`` makes a batch (default: the task's canonical targets, `encode_sft`).
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -154,7 +159,9 @@ def train_sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task:
     accuracy, step = None, 0
     for step in range(1, recipe.steps + 1):
         model.train()
-        batch = encode_sft(tokenizer, task.examples("train", recipe.batch_size, seed=rng.randrange(2**31)))
+        batch_seed = rng.randrange(2**31)
+        batch = (batch_fn(tokenizer, batch_seed) if batch_fn is not None
+                 else encode_sft(tokenizer, task.examples("train", recipe.batch_size, seed=batch_seed)))
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,7 +169,7 @@ def train_sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task:
         opt.step()
         sched.step()
         if recipe.eval_every and step % recipe.eval_every == 0:
-            accuracy = greedy_accuracy(model, tokenizer, task, eval_set)
+            accuracy = greedy_accuracy(model, tokenizer, task, eval_set, max_new_tokens)
             log(f"  step {step:5d} loss {loss.item():.4f} eval acc {accuracy:.3f}")
             if recipe.stop_at_accuracy is not None and accuracy >= recipe.stop_at_accuracy:
                 break

@@ -1,0 +1,146 @@
+"""Build toy world v2's checkpoints: a styled, self-correcting teacher (two tokenizers) and a narrow student.
+
+`opd-lab toy build --world v2` calls `build_v2`. Like v1 everything is seeded, trained on CPU with one
+thread per model, and written to a staging folder that replaces ``assets_v2`` only when complete. The two
+teachers train in two processes at once (one thread each, so the result does not depend on scheduling).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from opd_core.toy import recipes
+from opd_core.toy.build import _swap_into_place
+from opd_core.toy.presets import ASSETS_V2_DIR
+from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, canonical_chain, teacher_target
+from opd_core.toy.tokenizers import mismatched_teacher_tokenizer, student_tokenizer
+
+EVAL_EXAMPLES = 300
+EVAL_SEED = 1234
+MAX_NEW_TOKENS = 96
+TEACHER_PAD_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class WorldV2:
+    """Everything that shapes v2's checkpoints (the defaults are the shipped ones)."""
+
+    teacher_size: recipes.ModelSize = recipes.ModelSize(hidden=96, layers=3, heads=4, intermediate=192)
+    student_size: recipes.ModelSize = recipes.ModelSize(hidden=64, layers=2, heads=4, intermediate=128)
+    teacher_steps: int = 1400
+    student_steps: int = 1500
+    student_stop_at: float = 0.35
+    batch_size: int = 64
+    lr: float = 3e-3
+    error_rate: float = 0.4
+
+
+def encode_targets(tokenizer, prompts: list[str], targets: list[Target]) -> dict[str, torch.Tensor]:
+    """Tokenize prompt + response (+ end of turn); loss only on response tokens outside the no-loss spans."""
+    renderer = recipes._Renderer(tokenizer)
+    rows = []
+    for prompt, target in zip(prompts, targets):
+        p_text, c_text = renderer.pair(prompt, target.text)
+        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        enc = tokenizer(c_text, add_special_tokens=False, return_offsets_mapping=True)
+        start = c_text.index(target.text) if target.no_loss else 0
+        keep = [not any(start + a < b_ and start + b > a_ for a_, b_ in target.no_loss)
+                for a, b in enc["offset_mapping"]]
+        rows.append((p_ids, enc["input_ids"], keep))
+    length = max(len(p) + len(c) for p, c, _ in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (p, c, keep) in enumerate(rows):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        lab = torch.tensor([t if k else -100 for t, k in zip(c, keep)])
+        labels[i, len(p):n] = lab
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _batch_fn(kind: str, world: WorldV2):
+    task = CorrectableAdditionTask()
+
+    def make(tokenizer, seed: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(seed)
+        examples = task.examples("train", world.batch_size, seed=seed)
+        if kind == "student":
+            targets = [Target(canonical_chain(ex.meta["a"], ex.meta["b"])) for ex in examples]
+        else:
+            targets = [teacher_target(ex.meta["a"], ex.meta["b"], rng, error_rate=world.error_rate)
+                       for ex in examples]
+        return encode_targets(tokenizer, [ex.prompt for ex in examples], targets)
+
+    return make
+
+
+def _accuracy(model, tok, examples) -> tuple[float, float]:
+    task = CorrectableAdditionTask()
+    responses = recipes.greedy_responses(model, tok, [ex.prompt for ex in examples], max_new_tokens=MAX_NEW_TOKENS)
+    grades = [task.grade(ex, r) for ex, r in zip(examples, responses)]
+    return (round(sum(g.correct for g in grades) / len(grades), 4),
+            round(sum(g.format_ok for g in grades) / len(grades), 4))
+
+
+def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples: int) -> dict:
+    """Train one model of v2 (in its own process, one thread) and save it with its tokenizer."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    tok = mismatched_teacher_tokenizer() if name == "teacher_mismatched" else student_tokenizer()
+    is_student = name == "student"
+    size = world.student_size if is_student else world.teacher_size
+    model = recipes.new_model(tok, size, seed=seed, pad_multiple=1 if is_student else TEACHER_PAD_MULTIPLE)
+    recipe = recipes.Recipe(steps=world.student_steps if is_student else world.teacher_steps,
+                            batch_size=world.batch_size, lr=world.lr,
+                            eval_every=25 if is_student else 0,
+                            stop_at_accuracy=world.student_stop_at if is_student else None)
+    task = CorrectableAdditionTask()
+    run = recipes.train_sft(model, tok, task, recipe, seed=seed, log=lambda _m: None,
+                            batch_fn=_batch_fn("student" if is_student else "teacher", world),
+                            max_new_tokens=MAX_NEW_TOKENS)
+    eval_set = task.examples("eval", eval_examples, seed=EVAL_SEED)
+    accuracy, format_ok = _accuracy(model, tok, eval_set)
+    model.save_pretrained(Path(out_dir) / name)
+    tok.save_pretrained(Path(out_dir) / name)
+    return {"params": sum(p.numel() for p in model.parameters()), "size": asdict(size), "vocab_size": len(tok),
+            "embedding_rows": model.config.vocab_size, "train_steps": run["steps"], "eval_accuracy": accuracy,
+            "eval_format_ok": format_ok, "train_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str], None] = print,
+             world: WorldV2 = WorldV2(), eval_examples: int = EVAL_EXAMPLES, workers: int = 2) -> dict:
+    """Train and save v2's teacher, mismatched teacher and student; return (and write) the measured metrics."""
+    out_dir = Path(out_dir) if out_dir is not None else ASSETS_V2_DIR
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    plan = [("teacher", seed + 10), ("teacher_mismatched", seed + 11), ("student", seed + 12)]
+    try:
+        log(f"training {', '.join(n for n, _ in plan)} ({workers} processes, one thread each)")
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {n: pool.submit(train_one, n, str(staging), s, world, eval_examples) for n, s in plan}
+            models = {n: f.result() for n, f in futures.items()}
+        for name, entry in models.items():
+            log(f"  {name}: eval accuracy {entry['eval_accuracy']:.3f} in {entry['train_seconds']} s")
+        metrics = {"world": "v2", "seed": seed, "eval_examples": eval_examples, "eval_seed": EVAL_SEED,
+                   "torch": torch.__version__, "config": asdict(world), "models": models,
+                   "build_seconds": round(time.perf_counter() - started, 1), "workers": workers}
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"toy v2 assets written to {out_dir} in {metrics['build_seconds']} s")
+    return metrics

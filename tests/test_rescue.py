@@ -1,0 +1,55 @@
+"""Rescue-rate planning and summaries (no model: the teacher-driven part is pinned in test_toy_v2_world)."""
+
+import math
+
+import pandas as pd
+
+from opd_core import rescue
+
+
+def _roll(sample, n, source="student", top1=0.95):
+    return rescue.Rollout(step=1, sample=sample, prompt=f"p{sample}", response_ids=list(range(n)) + [99],
+                          source=source, ended=True, teacher_top1=[top1] * (n + 1), in_nucleus=[True] * (n + 1))
+
+
+def test_plan_cycles_distances_and_matches_positions():
+    rollouts = [_roll(i, 30) for i in range(10)] + [_roll(10 + i, 30) for i in range(3)] + \
+        [_roll(20 + i, 30, "teacher") for i in range(3)]
+    wrong = {(1, i): 5 for i in range(10)}
+    cuts = rescue.plan_cuts(rollouts, wrong, budget=None)
+    errs = [c for c in cuts if c.kind in ("before_error", "after_error")]
+    assert [c.since_error for c in errs[:7]] == list(rescue.SINCE_ERROR_GRID)
+    assert all(c.length == 5 + 1 + c.since_error for c in errs)
+    assert {c.kind for c in cuts} == {"before_error", "after_error", "on_support", "teacher_own"}
+    positions = {c.length for c in errs}
+    assert all(c.length in positions for c in cuts if c.kind in ("on_support", "teacher_own"))
+
+
+def test_plan_respects_budget_and_response_length():
+    rollouts = [_roll(i, 8) for i in range(40)] + [_roll(100 + i, 8, "teacher") for i in range(40)]
+    wrong = {(1, i): 3 for i in range(40)}
+    cuts = rescue.plan_cuts(rollouts, wrong, budget=16)
+    assert len(cuts) == 16
+    assert all(c.length <= 8 for c in cuts)
+    every = rescue.plan_cuts(rollouts[:1], wrong, budget=None, every_cut=True)
+    assert sorted(c.since_error for c in every) == [-1, 0, 1, 2, 4]  # 3 + 1 + 8 > 8 tokens: cut off
+
+
+def test_summary_rates_and_confidently_wrong():
+    rows = pd.DataFrame({
+        "kind": ["after_error"] * 4 + ["before_error", "teacher_own"],
+        "since_error": [0, 1, 8, 16, -1, None],
+        "teacher_top1": [0.5, 0.95, 0.95, 0.99, 0.9, 0.99],
+        "rescued_greedy": [True, True, False, False, True, True],
+        "rescued_sampled": [True, False, False, False, True, True],
+        "pos": [4, 5, 12, 20, 3, 12], "step": 1, "sample": 0,
+    })
+    s = rescue.summarize(rows)
+    assert s["rescue_rate_drifted"] == 0.5 and s["rescue_rate_mild"] == 1.0 and s["rescue_rate_far"] == 0.0
+    assert s["rescue_rate_teacher_own"] == 1.0 and s["rescue_rate_before_error"] == 1.0
+    assert s["rescue_rate_drifted_sampled"] == 0.25
+    assert s["confidently_wrong_share"] == 0.5  # two of four drifted cuts: top-1 >= 0.9 and not rescued
+    by = rescue.by_since_error(rows)
+    assert list(by["since_error"]) == [-1, 0, 1, 8, 16]
+    assert rescue.summarize(rows.iloc[0:0]) == {"n_cuts": 0}
+    assert math.isclose(rescue.step_metrics(rows)["rescue_rate_on_support"], 1.0)
