@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = tsub.add_parser("build", help="retrain the shipped toy teacher and student from scratch")
     b.add_argument("--out", help="where to write (default: the package's own assets)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--world", choices=("v1", "v2"), default="v1", help="v1: addition (toy:matched/mismatched); "
+                   "v2: correctable styled addition (toy:matched-v2/mismatched-v2)")
+
+    p = sub.add_parser("rescue", help="teacher rescue rates of a run's logged rollouts (writes rescue.json)")
+    p.add_argument("run_dir")
+    p.add_argument("--budget", type=int, default=None, help="most cut points (default: every logged response)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("samples", help="the shipped sample runs")
     ssub = p.add_subparsers(dest="samples_command", metavar="ACTION", required=True)
@@ -232,6 +239,12 @@ def _toy(args: argparse.Namespace) -> int:
     return cli_build(args)
 
 
+def _rescue(args: argparse.Namespace) -> int:
+    from opd_core.rescue import cli_rescue
+
+    return cli_rescue(args)
+
+
 def _samples(args: argparse.Namespace) -> int:
     from opd_core.samples import build_samples, summary_table
 
@@ -258,7 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str | None, Callable[[argparse.Namespace], int]] = {
     None: _serve, "serve": _serve, "train": _train, "score": _score, "report": _report, "tokenizers": _tokenizers,
-    "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench, "models": _models,
+    "runs": _runs, "toy": _toy, "samples": _samples, "bench": _bench, "models": _models, "rescue": _rescue,
 }
 
 

@@ -272,7 +272,7 @@ def step_metrics(cuts: pd.DataFrame) -> dict:
             "rescue_rate_on_support": s.get("rescue_rate_on_support"),
             "rescue_rate_teacher_own": s.get("rescue_rate_teacher_own"),
             "confidently_wrong_share": s.get("confidently_wrong_share"),
-            "rescue_cuts": s.get("n_cuts", 0)}
+            "rescue_cuts": s.get("n_cuts", 0), "rescue_drifted_cuts": s.get("n_drifted", 0)}
 
 
 # ----------------------------------------------------------------------------- on an existing run
@@ -363,3 +363,57 @@ def read_rescue(run_dir: str | Path) -> dict | None:
 
     data = runs.read_json(Path(run_dir) / RESCUE_FILE, None)
     return data if isinstance(data, dict) and "summary" in data else None
+
+
+def summary_from_metrics(metrics: pd.DataFrame) -> dict | None:
+    """Rescue rates pooled over the logging steps of metrics.jsonl (cut-weighted), for runs without
+    rescue.json; None when the loop logged none."""
+    if metrics is None or "rescue_rate_drifted" not in getattr(metrics, "columns", []):
+        return None
+    rows = metrics.dropna(subset=["rescue_rate_drifted"])
+    if rows.empty:
+        return None
+    w = rows["rescue_drifted_cuts"].astype(float) if "rescue_drifted_cuts" in rows else pd.Series(1.0, rows.index)
+    out: dict = {"n_drifted": int(w.sum()) if "rescue_drifted_cuts" in rows else int(len(rows)), "source": "metrics"}
+    for key in ("rescue_rate_drifted", "rescue_rate_on_support", "rescue_rate_teacher_own",
+                "confidently_wrong_share"):
+        if key in rows:
+            v = rows[key].astype(float)
+            ok = v.notna() & (w > 0)
+            out[key] = float(np.average(v[ok], weights=w[ok])) if ok.any() else None
+    return out
+
+
+def format_summary(result: dict) -> str:
+    """The rescue table as a few lines for the terminal."""
+    s = result["summary"]
+
+    def pct(key: str) -> str:
+        v = s.get(key)
+        return "n/a" if v is None else f"{v:.0%}"
+
+    lines = [f"{s.get('n_cuts', 0)} cuts over steps {result['steps'][0]}..{result['steps'][-1]}; "
+             f"{s.get('n_drifted', 0)} after the student's first error",
+             f"rescued (greedy): drifted {pct('rescue_rate_drifted')} (mild {pct('rescue_rate_mild')}, far "
+             f"{pct('rescue_rate_far')}), just before the error {pct('rescue_rate_before_error')}, error-free "
+             f"student prefixes {pct('rescue_rate_on_support')}, teacher's own {pct('rescue_rate_teacher_own')}",
+             f"rescued (sampled): drifted {pct('rescue_rate_drifted_sampled')}, teacher's own "
+             f"{pct('rescue_rate_teacher_own_sampled')}",
+             f"confidently wrong: {pct('confidently_wrong_share')} of drifted cuts"]
+    lines += [f"  {int(r['since_error']):>3} tokens since error: {r['rescue_rate_greedy']:.0%} greedy, "
+              f"{r['rescue_rate_sampled']:.0%} sampled (n={int(r['n'])})" for r in result["by_since_error"]]
+    return "\n".join(lines)
+
+
+def cli_rescue(args) -> int:
+    """Entry point of `opd-lab rescue RUN_DIR`: compute, write rescue.json, print the summary."""
+    import json
+
+    from opd_core import runs
+
+    if not runs.is_run_dir(args.run_dir):
+        raise ValueError(f"{args.run_dir} is not a run directory (no config.json or status.json); "
+                         "pass the folder `opd-lab train` printed")
+    result = rescue_run(args.run_dir, budget=getattr(args, "budget", None))
+    print(json.dumps(result["summary"], indent=2) if getattr(args, "json", False) else format_summary(result))
+    return 0

@@ -18,17 +18,24 @@ import pandas as pd
 from opd_core import runs
 from opd_core.config import load_config
 
-# sample run id -> (example config, overrides, what its health report must flag)
+# sample run id -> (example config, overrides). All on toy world v2 (`toy:*-v2`, task toy:addition-v2);
+# the ablations log tokens only at their first and last steps to stay small.
+_ENDS_ONLY = ["log_tokens_every=1000"]
 SAMPLES: dict[str, tuple[str, list[str]]] = {
-    "baseline-sampled-token": ("baseline", []),
-    "masked-sampled-token": ("masked", []),
-    "top-p-sampled-token": ("top_p", []),
-    "topk-support": ("topk_support", []),
-    "topk-unnormalized": ("topk_unnormalized", []),
-    "topk-support-unmasked": ("topk_support", ["mask_special_tokens=false"]),
-    "matched-sampled-token": ("matched", []),
-    "forward-kl-mixed-prefixes": ("forward_kl_mixed", []),
+    "baseline-sampled-token": ("v2_baseline", []),
+    "masked-sampled-token": ("v2_masked", []),
+    "top-p-sampled-token": ("v2_top_p", []),
+    "topk-support": ("v2_topk_support", []),
+    "topk-unnormalized": ("v2_topk_unnormalized", []),
+    "topk-support-unmasked": ("v2_topk_support", ["mask_special_tokens=false"]),
+    "matched-sampled-token": ("v2_matched", []),
+    "forward-kl-mixed-prefixes": ("v2_forward_kl_mixed", []),
+    "topk-support-k16": ("v2_topk_support", ["k=16", *_ENDS_ONLY]),
+    "topk-support-k48": ("v2_topk_support", ["k=48", *_ENDS_ONLY]),
+    "topk-support-top-p-1.0": ("v2_topk_support", ["top_p=1.0", *_ENDS_ONLY]),
+    "topk-support-top-p-0.8": ("v2_topk_support", ["top_p=0.8", *_ENDS_ONLY]),
 }
+RESCUE_BUDGET = 160  # cut points per sample run for rescue.json (`opd-lab rescue`)
 
 
 def default_samples_dir() -> Path:
@@ -37,6 +44,7 @@ def default_samples_dir() -> Path:
 
 def build_samples(out_dir: str | Path | None = None, only: list[str] | None = None, log=print) -> list[Path]:
     """Train every sample run (or ``only`` these) and move each finished run into ``out_dir``."""
+    from opd_core.rescue import rescue_run
     from opd_core.train_entry import run_in_dir
 
     out = Path(out_dir) if out_dir else default_samples_dir()
@@ -60,6 +68,7 @@ def build_samples(out_dir: str | Path | None = None, only: list[str] | None = No
                 raise RuntimeError(f"sample run {name} ended {state}: {runs.read_status(run_dir).get('error')}")
             shutil.rmtree(run_dir / runs.CHECKPOINTS_DIR, ignore_errors=True)
             runs.write_status(run_dir, pid=None, host=None)
+            rescue_run(run_dir, budget=RESCUE_BUDGET, every_cut=True)
             target = out / name
             if target.exists():
                 shutil.rmtree(target)
@@ -72,6 +81,7 @@ def build_samples(out_dir: str | Path | None = None, only: list[str] | None = No
 def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per sample run: the numbers EXPERIMENTS.md compares against the paper's findings."""
     from opd_core.diagnostics import health
+    from opd_core.rescue import read_rescue
 
     base = Path(sample_dir) if sample_dir else default_samples_dir()
     rows = []
@@ -86,6 +96,7 @@ def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
         first = runs.read_tokens(run, steps=[first_logged], columns=["log_ratio", "masked", "reference_only"])
         first = first[~first["reference_only"] & ~first["masked"]]
         report = health(run)
+        rescued = (read_rescue(run) or {}).get("summary", {})
         rows.append({
             "run": name,
             "eval_acc_start": float(evals["eval_accuracy"].iloc[0]),
@@ -99,6 +110,10 @@ def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
             "support_mass_first20": float(trained["student_support_mass"].head(20).mean()),
             "support_mass_last20": float(trained["student_support_mass"].tail(20).mean()),
             "special_signal_share": float(trained["special_token_signal_share"].mean()),
+            "rescue_drifted": rescued.get("rescue_rate_drifted"),
+            "rescue_mild": rescued.get("rescue_rate_mild"),
+            "rescue_far": rescued.get("rescue_rate_far"),
+            "rescue_teacher_own": rescued.get("rescue_rate_teacher_own"),
             "flags": ",".join(sorted({f.mode for f in report.findings})) or "-",
         })
     return pd.DataFrame(rows)

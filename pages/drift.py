@@ -56,3 +56,40 @@ if view["support"] is not None and len(view["support"]):
                   "support collapse: the student has left the tokens the teacher can vouch for.")
 with st.expander("Numbers behind the chart"):
     st.dataframe(view["by_drift"], hide_index=True, width="stretch")
+
+# ----------------------------------------------------------------------------- teacher reliability as correctness
+import pandas as pd  # noqa: E402
+
+from app import charts_paper  # noqa: E402
+from opd_core import rescue as _rescue  # noqa: E402
+from opd_core.diagnostics import drift as _drift  # noqa: E402
+
+st.subheader("Can the teacher still finish correctly? (rescue rate)")
+_rescued = _rescue.read_rescue(run.path)
+if _rescued is None:
+    st.info("No rescue table for this run yet: `opd-lab rescue RUN_DIR` cuts the logged student responses, lets the "
+            "teacher continue and grades the result (writes rescue.json).", icon=":material/info:")
+else:
+    _s = _rescued["summary"]
+    c = st.columns(4)
+    c[0].metric("rescued, drifted prefixes", widgets.fmt(_s.get("rescue_rate_drifted"), ".0%"))
+    c[1].metric("…mild drift (≤ 2 tokens)", widgets.fmt(_s.get("rescue_rate_mild"), ".0%"))
+    c[2].metric("…far drift (≥ 8 tokens)", widgets.fmt(_s.get("rescue_rate_far"), ".0%"))
+    c[3].metric("…teacher's own prefixes", widgets.fmt(_s.get("rescue_rate_teacher_own"), ".0%"))
+    widgets.chart(charts_paper.rescue_figure(pd.DataFrame(_rescued["by_since_error"]), _s),
+                  "Each point: of the student prefixes cut that many tokens after its first wrong token, the share "
+                  "the teacher continued to a correct answer. A line falling far below the dashed teacher line means "
+                  "the teacher cannot be trusted where the student drifted.", key="drift_rescue")
+    st.caption(f"Confidently wrong: {widgets.fmt(_s.get('confidently_wrong_share'), '.0%')} of drifted cuts had "
+               "teacher top-1 probability ≥ 0.9 and still were not rescued.")
+
+st.subheader("Teacher entropy by absolute position")
+_pos_tokens = state.tokens(run.path, steps, list(_drift.POSITION_COLUMNS))
+widgets.chart(charts_paper.position_entropy_figure(_drift.stats_by_position(_pos_tokens)),
+              "The seed's view: teacher entropy at each response position on its own rollouts (blue), the student's "
+              "first logged rollouts (orange) and its latest (red). Red above blue at the same position = the "
+              "teacher is less sure on the student's text.", key="drift_pos_entropy")
+widgets.chart(charts_paper.drifted_by_position_figure(_drift.drifted_by_position(_pos_tokens)),
+              "Within each position bucket: teacher entropy on drifted student prefixes (red) against on-support "
+              "ones (green) and its own rollouts (blue). A red bar taller than green at the same position is drift, "
+              "not position.", key="drift_matched")

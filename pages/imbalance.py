@@ -47,3 +47,26 @@ st.dataframe(plain_frame(tables.visible_tokens(view["top_tokens"])), hide_index=
 st.caption("The largest |signal| tokens of the analysed steps. Open one in the Token inspector (same step and "
            "sample) to read its context and both models' candidates.")
 widgets.link_to("Token inspector", run, "Read these tokens in the Token inspector")
+
+# ----------------------------------------------------------------------------- the paper's Fig. 2 and Fig. 4
+from app import charts_paper  # noqa: E402
+from opd_core.diagnostics import drift as _drift  # noqa: E402
+from opd_core.diagnostics import rewards as _rewards  # noqa: E402
+
+st.subheader("Most rewards negative? Teacher vs student probability of the sampled token")
+_step = st.select_slider("Step", options=steps, value=steps[0], key="imb_scatter_step")
+_tokens = state.tokens(run.path, [_step], list(_rewards.COLUMNS))
+_points, _below = _rewards.reward_scatter(_tokens, _step)
+widgets.chart(charts_paper.reward_scatter_figure(_points, _below),
+              "Each dot is one sampled token. Below the dashed y = x line the teacher gives it less probability than "
+              "the student: a negative reward that pushes the student's own choice down (the paper finds most "
+              "rewards there at the start).", key="imb_scatter")
+_gap_tokens = state.tokens(run.path, chosen, list(_drift.POSITION_COLUMNS))
+widgets.chart(charts_paper.gap_by_position_figure(_drift.gap_quantiles_by_position(_gap_tokens)),
+              "The signed gap log p_T − log p_S by response position (box = middle half, whiskers = 5th–95th "
+              "percentile; line = share negative). A lower tail that widens with position is the paper's Fig. 4.",
+              key="imb_gap_position")
+widgets.chart(charts_paper.overlap_by_position_figure(_drift.overlap_by_position(_gap_tokens)),
+              "Each model's probability mass on the tokens both rank in their top-K, by position (healthy runs hold "
+              "97–99%), and local teachability; a fall late in the response is where the two stop sharing support.",
+              key="imb_overlap_position")

@@ -58,6 +58,12 @@ class Thresholds:
     drift_entropy_gap: float = 0.25     # ...and by at least this many nats (tiny entropies double easily)
     drift_critical_ratio: float = 4.0
     drift_critical_share: float = 0.25
+    rescue_min_cuts: int = 20           # drifted cuts needed before a rescue rate is read
+    rescue_drop_warning: float = 0.25   # the teacher finishes 25 points fewer drifted prefixes than its own
+    rescue_drop_critical: float = 0.5
+    confidently_wrong_warning: float = 0.25  # a quarter of drifted cuts: top-1 >= 0.9 and still not rescued
+    matched_entropy_gap: float = 0.1    # nats, drifted minus on-support at the same positions
+    matched_top1_drop: float = 0.1      # top-1 probability, on-support minus drifted at the same positions
     special_share_warning: float = 0.25
     special_share_critical: float = 0.5
     eos_share_warning: float = 0.15
@@ -157,25 +163,85 @@ def check_imbalance(tokens: pd.DataFrame, objective: str | None, t: Thresholds =
     )]
 
 
-def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS) -> list[Finding]:
-    """FM2: the teacher is much less certain on drifted student prefixes than on its own rollouts."""
+def _rescue_reasons(rescue_summary: dict | None, t: Thresholds) -> tuple[list[str], dict, bool]:
+    """Evidence from the rescue rate (rescue.json or the per-step metrics): (reasons, evidence, critical)."""
+    if not rescue_summary or (rescue_summary.get("n_drifted") or 0) < t.rescue_min_cuts:
+        return [], {}, False
+    drifted = rescue_summary.get("rescue_rate_drifted")
+    base = rescue_summary.get("rescue_rate_teacher_own")
+    base_name = "its own prefixes"
+    if not _finite(base):
+        base, base_name = rescue_summary.get("rescue_rate_on_support"), "error-free student prefixes"
+    evidence = {k: _num(rescue_summary.get(k)) for k in (
+        "rescue_rate_drifted", "rescue_rate_mild", "rescue_rate_far", "rescue_rate_before_error",
+        "rescue_rate_on_support", "rescue_rate_teacher_own", "rescue_rate_drifted_sampled",
+        "confidently_wrong_share") if k in rescue_summary}
+    evidence["rescue_cuts_drifted"] = rescue_summary.get("n_drifted")
+    reasons, critical = [], False
+    if _finite(drifted) and _finite(base) and base - drifted >= t.rescue_drop_warning:
+        reasons.append(f"the teacher finishes {drifted:.0%} of drifted student prefixes correctly against "
+                       f"{base:.0%} of {base_name}")
+        critical = base - drifted >= t.rescue_drop_critical
+    wrong = rescue_summary.get("confidently_wrong_share")
+    if _finite(wrong) and wrong >= t.confidently_wrong_warning:
+        reasons.append(f"on {wrong:.0%} of drifted prefixes it is confidently wrong (top-1 >= 0.9, not rescued)")
+    return reasons, evidence, critical
+
+
+def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS, rescue_summary: dict | None = None) -> list[Finding]:
+    """FM2: the teacher fails to rescue drifted student prefixes (rescue rate), is confidently wrong there,
+    or is less certain there than on on-support prefixes at the same positions / on its own rollouts."""
+    reasons, evidence, critical = _rescue_reasons(rescue_summary, t)
+    pm = drift.position_matched_gap(tokens)
+    if pm["n_drifted"] >= t.drift_min_tokens and (pm["entropy_gap"] >= t.matched_entropy_gap
+                                                   or pm["top1_drop"] >= t.matched_top1_drop):
+        reasons.append(f"at the same positions its entropy is {pm['entropy_gap']:+.2f} nats and its top-1 "
+                       f"probability {-pm['top1_drop']:+.2f} on drifted against on-support prefixes")
+    evidence.update({"position_matched_entropy_gap": _num(pm["entropy_gap"]),
+                     "position_matched_top1_drop": _num(pm["top1_drop"]),
+                     "position_matched_n_drifted": pm["n_drifted"]})
+    entropy = _entropy_finding(tokens, t)
+    if entropy is not None:
+        entropy.evidence.update(evidence)
+        if reasons:
+            entropy.title += "; " + "; ".join(reasons)
+        if critical:
+            entropy.severity = "critical"
+        return [entropy]
+    if not reasons:
+        return []
+    return [Finding(
+        mode="drift", severity="critical" if critical else "warning",
+        title="the teacher is unreliable on the student's drifted prefixes: " + "; ".join(reasons),
+        evidence=evidence, fix=DRIFT_FIX, view="drift",
+    )]
+
+
+DRIFT_FIX = ("top_p=0.9 (rollouts stay in the student's nucleus, nearer the teacher's support); "
+             "objective=topk_support (objective_params.k=32: match the teacher only where it has support); "
+             "a shorter max_new_tokens (less room to drift far); a lower learning_rate; or fork from a "
+             "checkpoint before the drift (`opd-lab runs fork RUN --step N`); lmbda=0.5 mixes in teacher prefixes")
+
+
+def _entropy_finding(tokens: pd.DataFrame, t: Thresholds) -> Finding | None:
+    """The entropy-ratio form of the drift finding (teacher much less certain than on its own rollouts)."""
     s = drift.summary(tokens)
     if s["measure"] is None or s["n_drifted"] < t.drift_min_tokens or not _finite(s["drifted_share"]):
-        return []
+        return None
     if s["drifted_share"] < t.drift_min_share:
-        return []
+        return None
     if s["n_reference"] >= t.drift_min_tokens and _finite(s["teacher_entropy_reference"]):
         baseline, base_name = s["teacher_entropy_reference"], "teacher's own rollouts"
     elif s["n_undrifted"] >= t.drift_min_tokens and _finite(s["teacher_entropy_undrifted"]):
         baseline, base_name = s["teacher_entropy_undrifted"], "on-support student prefixes"
     else:
-        return []
+        return None
     drifted = s["teacher_entropy_drifted"]
     if not _finite(drifted) or drifted - baseline < t.drift_entropy_gap:
-        return []
+        return None
     ratio = drifted / baseline if baseline > 0 else math.inf
     if ratio < t.drift_entropy_ratio:
-        return []
+        return None
     critical = ratio >= t.drift_critical_ratio and s["drifted_share"] >= t.drift_critical_share
     evidence = {"measure": s["measure"], "baseline": base_name, "drifted_share": _num(s["drifted_share"]),
                 "n_drifted": s["n_drifted"], "teacher_entropy_drifted": _num(drifted),
@@ -184,15 +250,14 @@ def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS) -> list[Findin
                 "teacher_top1_prob_reference": _num(s["teacher_top1_prob_reference"]),
                 "teacher_rank_drifted": _num(s["teacher_rank_drifted"]),
                 "teacher_rank_reference": _num(s["teacher_rank_reference"])}
-    return [Finding(
+    return Finding(
         mode="drift", severity="critical" if critical else "warning",
         title=(f"once the student drifts ({s['drifted_share']:.0%} of its tokens), the teacher's entropy is "
                f"{ratio:.1f}x that on the {base_name}: its guidance there is close to noise"),
         evidence=evidence,
-        fix="top_p=0.9 (keep rollouts in the student's nucleus, nearer the teacher's support); "
-            "objective=topk_support; or lmbda=0.5 to mix in teacher-prefix rollouts",
+        fix=DRIFT_FIX,
         view="drift",
-    )]
+    )
 
 
 def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
@@ -421,8 +486,19 @@ def _objective_name(config: dict) -> str | None:
     return objective if isinstance(objective, str) else None
 
 
+def _rescue_summary(run_dir: Path) -> dict | None:
+    """The run's rescue rates: rescue.json (`opd-lab rescue`) when present, else the logged per-step ones."""
+    from opd_core.rescue import read_rescue, summary_from_metrics
+
+    data = read_rescue(run_dir)
+    if data is not None:
+        return data["summary"]
+    return summary_from_metrics(runs.read_metrics(run_dir))
+
+
 def _token_columns(run_dir: Path) -> list[str]:
-    columns = list(dict.fromkeys(imbalance.COLUMNS + drift.COLUMNS + mismatch.COLUMNS + collapse.COLUMNS))
+    columns = list(dict.fromkeys(imbalance.COLUMNS + drift.COLUMNS + drift.POSITION_COLUMNS + mismatch.COLUMNS
+                                 + collapse.COLUMNS))
     present = set(runs.token_schema_columns(run_dir))
     if "student_support_mass" not in present or "topk_overlap" not in present:
         columns += ["teacher_topk_ids", "student_topk_ids", "student_topk_logps"]  # for the estimates

@@ -118,11 +118,16 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 
 
 def cli_build(args) -> int:
-    """Entry point of `opd-lab toy build` (reads optional `out` and `seed` from args); returns an exit code."""
+    """Entry point of `opd-lab toy build` (reads optional `out`, `seed`, `world` from args); returns an exit code."""
     out = getattr(args, "out", None)
     seed = getattr(args, "seed", 0) or 0
     try:
-        metrics = build_all(Path(out) if out else None, seed=seed)
+        if getattr(args, "world", "v1") == "v2":
+            from opd_core.toy.build_v2 import build_v2
+
+            metrics = build_v2(Path(out) if out else None, seed=seed)
+        else:
+            metrics = build_all(Path(out) if out else None, seed=seed)
     except (OSError, ValueError) as exc:
         print(f"error: toy build failed: {exc}")
         return 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from opd_core.toy import recipes
-from opd_core.toy.build import _swap_into_place
+from opd_core.toy.build import _foreign_eos_logp, _swap_into_place
 from opd_core.toy.presets import ASSETS_V2_DIR
 from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, canonical_chain, teacher_target
 from opd_core.toy.tokenizers import mismatched_teacher_tokenizer, student_tokenizer
@@ -43,6 +43,8 @@ class WorldV2:
     batch_size: int = 64
     lr: float = 3e-3
     error_rate: float = 0.4
+    port_steps: int = 200
+    port_lr: float = 1e-3
 
 
 def encode_targets(tokenizer, prompts: list[str], targets: list[Target]) -> dict[str, torch.Tensor]:
@@ -94,16 +96,48 @@ def _accuracy(model, tok, examples) -> tuple[float, float]:
             round(sum(g.format_ok for g in grades) / len(grades), 4))
 
 
+def port_weights(model, tok, source_dir: Path) -> None:
+    """Start a model for another tokenizer from a trained one: every weight copied, each embedding row taken
+    from the source token with the same string (specials by role, a merge missing on the source side as the
+    mean of its characters). Tokens the source never had (a foreign `<|im_end|>`) keep their random rows."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    src = LlamaForCausalLM.from_pretrained(source_dir)
+    src_tok = AutoTokenizer.from_pretrained(source_dir)
+    state = {k: v for k, v in src.state_dict().items() if "embed_tokens" not in k and "lm_head" not in k}
+    model.load_state_dict(state, strict=False)
+    src_emb = src.get_input_embeddings().weight.detach()
+    emb = model.get_input_embeddings().weight
+    src_vocab = src_tok.get_vocab()
+    roles = {getattr(tok, r): getattr(src_tok, r) for r in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    roles.update(zip(tok.additional_special_tokens[:2], src_tok.additional_special_tokens[:2]))
+    with torch.no_grad():
+        for text, i in tok.get_vocab().items():
+            source = roles.get(text, text)
+            if source in src_vocab and (text not in tok.all_special_tokens or text in roles):
+                emb[i] = src_emb[src_vocab[source]]
+            elif text not in tok.all_special_tokens and all(ch in src_vocab for ch in text):
+                emb[i] = torch.stack([src_emb[src_vocab[ch]] for ch in text]).mean(0)
+
+
 def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples: int) -> dict:
-    """Train one model of v2 (in its own process, one thread) and save it with its tokenizer."""
+    """Train one model of v2 (in its own process, one thread) and save it with its tokenizer.
+
+    The mismatched teacher is the trained teacher ported to the other tokenizer and template
+    (`port_weights`) and fine-tuned briefly: the same knowledge behind a different interface, at a fifth of
+    the cost of training it again."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     tok = mismatched_teacher_tokenizer() if name == "teacher_mismatched" else student_tokenizer()
     is_student = name == "student"
     size = world.student_size if is_student else world.teacher_size
     model = recipes.new_model(tok, size, seed=seed, pad_multiple=1 if is_student else TEACHER_PAD_MULTIPLE)
-    recipe = recipes.Recipe(steps=world.student_steps if is_student else world.teacher_steps,
-                            batch_size=world.batch_size, lr=world.lr,
+    steps = world.student_steps if is_student else world.teacher_steps
+    lr = world.lr
+    if name == "teacher_mismatched":
+        port_weights(model, tok, Path(out_dir) / "teacher")
+        steps, lr = world.port_steps, world.port_lr
+    recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
                             eval_every=25 if is_student else 0,
                             stop_at_accuracy=world.student_stop_at if is_student else None)
     task = CorrectableAdditionTask()
@@ -114,9 +148,12 @@ def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples:
     accuracy, format_ok = _accuracy(model, tok, eval_set)
     model.save_pretrained(Path(out_dir) / name)
     tok.save_pretrained(Path(out_dir) / name)
-    return {"params": sum(p.numel() for p in model.parameters()), "size": asdict(size), "vocab_size": len(tok),
-            "embedding_rows": model.config.vocab_size, "train_steps": run["steps"], "eval_accuracy": accuracy,
-            "eval_format_ok": format_ok, "train_seconds": round(time.perf_counter() - t0, 1)}
+    entry = {"params": sum(p.numel() for p in model.parameters()), "size": asdict(size), "vocab_size": len(tok),
+             "embedding_rows": model.config.vocab_size, "train_steps": run["steps"], "eval_accuracy": accuracy,
+             "eval_format_ok": format_ok, "train_seconds": round(time.perf_counter() - t0, 1)}
+    if name == "teacher_mismatched":
+        entry["student_eos_logp"] = _foreign_eos_logp(model, tok, eval_set[:64], student_tokenizer().eos_token)
+    return entry
 
 
 def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str], None] = print,
@@ -130,8 +167,13 @@ def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str],
     try:
         log(f"training {', '.join(n for n, _ in plan)} ({workers} processes, one thread each)")
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {n: pool.submit(train_one, n, str(staging), s, world, eval_examples) for n, s in plan}
-            models = {n: f.result() for n, f in futures.items()}
+            # the teacher and the student at once; the mismatched teacher starts from the finished teacher
+            futures = {n: pool.submit(train_one, n, str(staging), s, world, eval_examples)
+                       for n, s in (plan[0], plan[2])}
+            models = {"teacher": futures["teacher"].result()}
+            name, model_seed = plan[1]
+            models[name] = pool.submit(train_one, name, str(staging), model_seed, world, eval_examples).result()
+            models["student"] = futures["student"].result()
         for name, entry in models.items():
             log(f"  {name}: eval accuracy {entry['eval_accuracy']:.3f} in {entry['train_seconds']} s")
         metrics = {"world": "v2", "seed": seed, "eval_examples": eval_examples, "eval_seed": EVAL_SEED,
