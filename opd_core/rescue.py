@@ -275,6 +275,33 @@ def step_metrics(cuts: pd.DataFrame) -> dict:
             "rescue_cuts": s.get("n_cuts", 0), "rescue_drifted_cuts": s.get("n_drifted", 0)}
 
 
+# ----------------------------------------------------------------------------- inside the loop
+
+
+def rollouts_from_batch(step: int, prompts: list[str], responses: list[list[int]], eos_ids, source: str, *,
+                        teacher_top1=None, in_nucleus=None, sample_offset: int = 0) -> list[Rollout]:
+    """Rollouts from one scored batch (per-position teacher top-1 / nucleus arrays [B, T] optional)."""
+    eos = {int(e) for e in eos_ids}
+    out = []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(r)
+        top1 = [float(x) for x in teacher_top1[i][:n]] if teacher_top1 is not None else None
+        nuc = [bool(x) for x in in_nucleus[i][:n]] if in_nucleus is not None else None
+        out.append(Rollout(step, sample_offset + i, p, list(r), source, bool(r) and r[-1] in eos, top1, nuc))
+    return out
+
+
+def rescue_step(rollouts: list[Rollout], first_wrong: dict, pair, teacher_model, task, examples: dict[str, Example],
+                sampling: Sampling, *, max_new_tokens: int, budget: int = DEFAULT_LOOP_CUTS,
+                seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """The loop's rescue phase on a logging step: a bounded set of cuts, continued and graded; returns the
+    cut table and the step metrics (``step_metrics``)."""
+    cuts = plan_cuts(rollouts, first_wrong, budget=budget, seed=seed)
+    table = evaluate_cuts(cuts, pair, teacher_model, task, examples, sampling, max_new_tokens=max_new_tokens,
+                          seed=seed)
+    return table, step_metrics(table)
+
+
 # ----------------------------------------------------------------------------- on an existing run
 
 

@@ -28,8 +28,8 @@ def test_every_style_grades_correct_without_error():
     for _ in range(200):
         a, b = rng.randint(10, 999), rng.randint(10, 999)
         n = len(columns(a, b))
-        styles = [Style(rng.random() < .5, rng.random() < .5, rng.random() < .5, rng.choice(";,")) for _ in range(n)]
-        text = chain(a, b, styles, Style(eq_space=rng.random() < .5))
+        styles = [Style(rng.random() < .5, rng.choice("=:"), rng.choice(";,")) for _ in range(n)]
+        text = chain(a, b, styles, Style(eq=rng.choice("=:")))
         g = TASK.grade(Example(f"{a}+{b}", str(a + b), {"a": a, "b": b}), text + "<|im_end|>")
         assert g.correct and g.format_ok and g.first_error_char is None, text
 
@@ -37,7 +37,8 @@ def test_every_style_grades_correct_without_error():
 def test_first_error_points_at_the_wrong_character():
     g = TASK.grade(EX, "7+8=14;4+3+1=8;=84")
     assert not g.correct and g.first_error_char == 5
-    assert TASK.grade(EX, "8 + 7=16").first_error_char == 7
+    assert TASK.grade(EX, "8+7:16").first_error_char == 5
+    assert TASK.grade(EX, "8+7:15,3+4+1=8;:85").correct
 
 
 def test_correction_marker_restarts_and_last_attempt_counts():

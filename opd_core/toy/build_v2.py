@@ -21,11 +21,13 @@ import torch
 
 from opd_core.toy import recipes
 from opd_core.toy.build import _foreign_eos_logp, _swap_into_place
-from opd_core.toy.presets import ASSETS_V2_DIR
+from opd_core.toy.measure_v2 import measure_pair
+from opd_core.toy.presets import ASSETS_DIR, ASSETS_V2_DIR
 from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, canonical_chain, teacher_target
 from opd_core.toy.tokenizers import mismatched_teacher_tokenizer, student_tokenizer
 
 EVAL_EXAMPLES = 300
+MEASURE_CUTS = 240
 EVAL_SEED = 1234
 MAX_NEW_TOKENS = 96
 TEACHER_PAD_MULTIPLE = 16
@@ -35,16 +37,13 @@ TEACHER_PAD_MULTIPLE = 16
 class WorldV2:
     """Everything that shapes v2's checkpoints (the defaults are the shipped ones)."""
 
-    teacher_size: recipes.ModelSize = recipes.ModelSize(hidden=96, layers=3, heads=4, intermediate=192)
-    student_size: recipes.ModelSize = recipes.ModelSize(hidden=64, layers=2, heads=4, intermediate=128)
-    teacher_steps: int = 1400
-    student_steps: int = 1500
-    student_stop_at: float = 0.35
-    batch_size: int = 64
-    lr: float = 3e-3
-    error_rate: float = 0.4
-    port_steps: int = 200
+    teacher_steps: int = 400   # fine-tuning v1's teacher on styled, self-correcting chains
+    teacher_lr: float = 2e-3
+    port_steps: int = 200      # the mismatched teacher: the v2 teacher ported to the other tokenizer
     port_lr: float = 1e-3
+    batch_size: int = 64
+    error_rate: float = 0.4
+    label_smoothing: float = 0.0
 
 
 def encode_targets(tokenizer, prompts: list[str], targets: list[Target]) -> dict[str, torch.Tensor]:
@@ -120,37 +119,50 @@ def port_weights(model, tok, source_dir: Path) -> None:
                 emb[i] = torch.stack([src_emb[src_vocab[ch]] for ch in text]).mean(0)
 
 
-def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples: int) -> dict:
-    """Train one model of v2 (in its own process, one thread) and save it with its tokenizer.
+def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples: int,
+              v1_dir: str | None = None) -> dict:
+    """Make one model of v2 (in its own process, one thread) and save it with its tokenizer.
 
-    The mismatched teacher is the trained teacher ported to the other tokenizer and template
-    (`port_weights`) and fine-tuned briefly: the same knowledge behind a different interface, at a fifth of
-    the cost of training it again."""
+    - teacher: v1's teacher (it already adds columns) fine-tuned on v2's styled chains with corrections;
+    - teacher_mismatched: that teacher ported to the other tokenizer and template (`port_weights`) and
+      fine-tuned briefly: the same knowledge behind a different interface;
+    - student: v1's student as it is: trained on the canonical style only, clearly weaker.
+    """
+    from transformers import LlamaForCausalLM
+
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    tok = mismatched_teacher_tokenizer() if name == "teacher_mismatched" else student_tokenizer()
-    is_student = name == "student"
-    size = world.student_size if is_student else world.teacher_size
-    model = recipes.new_model(tok, size, seed=seed, pad_multiple=1 if is_student else TEACHER_PAD_MULTIPLE)
-    steps = world.student_steps if is_student else world.teacher_steps
-    lr = world.lr
-    if name == "teacher_mismatched":
-        port_weights(model, tok, Path(out_dir) / "teacher")
-        steps, lr = world.port_steps, world.port_lr
-    recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
-                            eval_every=25 if is_student else 0,
-                            stop_at_accuracy=world.student_stop_at if is_student else None)
+    v1 = Path(v1_dir) if v1_dir else ASSETS_DIR
     task = CorrectableAdditionTask()
-    run = recipes.train_sft(model, tok, task, recipe, seed=seed, log=lambda _m: None,
-                            batch_fn=_batch_fn("student" if is_student else "teacher", world),
-                            max_new_tokens=MAX_NEW_TOKENS)
+    steps = 0
+    if name == "student":
+        tok = student_tokenizer()
+        model = LlamaForCausalLM.from_pretrained(v1 / "student")
+    else:
+        if name == "teacher":
+            tok = student_tokenizer()
+            model = LlamaForCausalLM.from_pretrained(v1 / "teacher")
+            steps, lr = world.teacher_steps, world.teacher_lr
+        else:
+            tok = mismatched_teacher_tokenizer()
+            size = recipes.TEACHER_SIZE
+            model = recipes.new_model(tok, size, seed=seed, pad_multiple=TEACHER_PAD_MULTIPLE)
+            port_weights(model, tok, Path(out_dir) / "teacher")
+            steps, lr = world.port_steps, world.port_lr
+        recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
+                                label_smoothing=world.label_smoothing)
+        recipes.train_sft(model, tok, task, recipe, seed=seed, log=lambda _m: None, batch_fn=_batch_fn("teacher", world),
+                          max_new_tokens=MAX_NEW_TOKENS)
+    model.eval()
     eval_set = task.examples("eval", eval_examples, seed=EVAL_SEED)
     accuracy, format_ok = _accuracy(model, tok, eval_set)
     model.save_pretrained(Path(out_dir) / name)
     tok.save_pretrained(Path(out_dir) / name)
-    entry = {"params": sum(p.numel() for p in model.parameters()), "size": asdict(size), "vocab_size": len(tok),
-             "embedding_rows": model.config.vocab_size, "train_steps": run["steps"], "eval_accuracy": accuracy,
-             "eval_format_ok": format_ok, "train_seconds": round(time.perf_counter() - t0, 1)}
+    entry = {"params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
+             "embedding_rows": model.config.vocab_size, "train_steps": steps, "eval_accuracy": accuracy,
+             "eval_format_ok": format_ok, "train_seconds": round(time.perf_counter() - t0, 1),
+             "start": {"teacher": "v1 teacher", "teacher_mismatched": "v2 teacher, ported",
+                       "student": "v1 student (unchanged)"}[name]}
     if name == "teacher_mismatched":
         entry["student_eos_logp"] = _foreign_eos_logp(model, tok, eval_set[:64], student_tokenizer().eos_token)
     return entry
@@ -176,8 +188,10 @@ def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str],
             models["student"] = futures["student"].result()
         for name, entry in models.items():
             log(f"  {name}: eval accuracy {entry['eval_accuracy']:.3f} in {entry['train_seconds']} s")
+        log("measuring the world's promises on the matched pair")
+        measured = measure_pair(staging / "student", staging / "teacher", rescue_budget=MEASURE_CUTS)
         metrics = {"world": "v2", "seed": seed, "eval_examples": eval_examples, "eval_seed": EVAL_SEED,
-                   "torch": torch.__version__, "config": asdict(world), "models": models,
+                   "torch": torch.__version__, "config": asdict(world), "models": models, "measured": measured,
                    "build_seconds": round(time.perf_counter() - started, 1), "workers": workers}
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _swap_into_place(staging, out_dir)

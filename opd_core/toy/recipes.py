@@ -45,6 +45,7 @@ class Recipe:
     eval_every: int = 0
     eval_examples: int = 256
     stop_at_accuracy: float | None = None
+    label_smoothing: float = 0.0
 
 
 TEACHER_RECIPE = Recipe(steps=600)
@@ -142,6 +143,14 @@ def greedy_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
     return sum(task.grade(ex, r).correct for ex, r in zip(examples, responses)) / len(examples)
 
 
+def _smoothed_loss(model: LlamaForCausalLM, batch: dict, smoothing: float) -> torch.Tensor:
+    """Next-token cross-entropy with label smoothing over the tokenizer's real vocabulary."""
+    labels = batch["labels"][:, 1:]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             ignore_index=-100, label_smoothing=smoothing)
+
+
 def train_sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task: Task, recipe: Recipe, *,
               seed: int, log: Callable[[str], None] = print,
               batch_fn: Callable[[PreTrainedTokenizerBase, int], dict] | None = None,
@@ -162,7 +171,7 @@ def train_sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, task:
         batch_seed = rng.randrange(2**31)
         batch = (batch_fn(tokenizer, batch_seed) if batch_fn is not None
                  else encode_sft(tokenizer, task.examples("train", recipe.batch_size, seed=batch_seed)))
-        loss = model(**batch).loss
+        loss = model(**batch).loss if not recipe.label_smoothing else _smoothed_loss(model, batch, recipe.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -3,12 +3,12 @@
 The problem set and the splits are v1's (2-3 digit a+b). The response is still a worked chain, one step
 per column from the right, but:
 
-- **Surface style is free.** Each step may name its operands in either order ("7+8" or "8+7"), put
-  spaces around "+" and around "=" or not, and end in ";" or ","; the final "=85" may be "= 85". The
-  grader accepts every style. The teacher is trained on all of them (so it spreads its mass over
-  harmless choices, like a reasoning model's phrasing); the student on the canonical style only
-  ("7+8=15;4+3+1=8;=85", v1's), so it is sure of choices the teacher is not: most sampled-token
-  rewards start negative, as in the paper.
+- **Surface style is free.** Each step may name its operands in either order ("7+8" or "8+7"), write its
+  sum after "=" or ":" and end in ";" or ","; the final "=85" may be ":85". The grader accepts every
+  style. The teacher is trained on all of them (so it spreads its mass over harmless choices, like a
+  reasoning model's phrasing); the student on the canonical style only ("7+8=15;4+3+1=8;=85", v1's), so
+  it is sure of choices the teacher is not: most sampled-token rewards start negative, as in the paper.
+  Every style has the same length as the canonical one, so the teacher's column lookups carry over.
 - **A response can correct itself.** "!" abandons the attempt so far and the chain restarts from the
   first column; the last attempt is graded. The teacher learns this from chains with an injected wrong
   step (loss off on the wrong text) followed by "!" right after the wrong step or one step later, so it
@@ -29,8 +29,9 @@ from opd_core.toy.task import _operand, split_of
 TASK_NAME = "toy:addition-v2"
 CORRECTION = "!"
 SEPARATORS = (";", ",")
-_STEP = r"\d(?: ?\+ ?\d)(?: ?\+ ?1)? ?= ?\d{1,2}"
-_ATTEMPT = re.compile(rf"^(?:{_STEP}[;,])+= ?(\d+)$")
+EQUALS = ("=", ":")
+_STEP = r"\d\+\d(?:\+1)?[=:]\d{1,2}"
+_ATTEMPT = re.compile(rf"^(?:{_STEP}[;,])+[=:](\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,10 @@ def columns(a: int, b: int) -> list[Column]:
 
 @dataclass(frozen=True)
 class Style:
-    """The surface choices of one step: operand order, spaces around '+' and '=', the separator."""
+    """The surface choices of one step: operand order, the sign before the sum, the separator."""
 
     swap: bool = False
-    plus_space: bool = False
-    eq_space: bool = False
+    eq: str = "="
     sep: str = ";"
 
 
@@ -71,20 +71,18 @@ CANONICAL = Style()
 
 def random_style(rng: random.Random) -> Style:
     """A style drawn uniformly over every harmless choice (what the teacher is trained on)."""
-    return Style(rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, rng.choice(SEPARATORS))
+    return Style(rng.random() < 0.5, rng.choice(EQUALS), rng.choice(SEPARATORS))
 
 
 def write_step(col: Column, style: Style, total: int | None = None) -> str:
     """One step's text in a style ("7+8+1=16"), without its separator; ``total`` overrides the sum."""
-    plus = " + " if style.plus_space else "+"
-    eq = " = " if style.eq_space else "="
     x, y = (col.y, col.x) if style.swap else (col.x, col.y)
-    carry = f"{plus}1" if col.carry else ""
-    return f"{x}{plus}{y}{carry}{eq}{col.total if total is None else total}"
+    carry = "+1" if col.carry else ""
+    return f"{x}+{y}{carry}{style.eq}{col.total if total is None else total}"
 
 
 def write_final(answer: int | str, style: Style) -> str:
-    return f"= {answer}" if style.eq_space else f"={answer}"
+    return f"{style.eq}{answer}"
 
 
 def chain(a: int, b: int, styles: list[Style] | None = None, final: Style = CANONICAL) -> str:
@@ -101,13 +99,11 @@ def canonical_chain(a: int, b: int) -> str:
 
 def valid_pattern(a: int, b: int) -> str:
     """A regular expression matching exactly the correct single-attempt chains of a+b, in any style."""
-    sp_plus, sp_eq = r"(?:\+| \+ )", r"(?:=| = )"
     parts = []
     for c in columns(a, b):
-        pair = rf"(?:{c.x}{sp_plus}{c.y}|{c.y}{sp_plus}{c.x})"
-        carry = rf"{sp_plus}1" if c.carry else ""
-        parts.append(rf"{pair}{carry}{sp_eq}{c.total}[;,]")
-    return "".join(parts) + rf"= ?{a + b}"
+        carry = r"\+1" if c.carry else ""
+        parts.append(rf"(?:{c.x}\+{c.y}|{c.y}\+{c.x}){carry}[=:]{c.total}[;,]")
+    return "".join(parts) + rf"[=:]{a + b}"
 
 
 def first_error(text: str, pattern: regex.Pattern) -> int | None:

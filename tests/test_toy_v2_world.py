@@ -1,0 +1,85 @@
+"""Toy world v2 keeps its promises: measured live on the shipped checkpoints (nothing is retrained here).
+
+Each test pins one requirement: most sampled-token rewards negative at the start; a good teacher and a
+clearly weaker student; a teacher that rescues mild drift but not far drift and is less sure on drifted
+prefixes at the same positions; the tokenizer / special-token mismatch of the mismatched pair; a build
+that is seeded and single-threaded (bit-reproducible; checked on a few steps).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opd_core.toy.presets import ASSETS_V2_DIR, resolve_pair
+
+pytestmark = pytest.mark.skipif(not (ASSETS_V2_DIR / "teacher").is_dir(),
+                                reason="toy v2 assets not built (`opd-lab toy build --world v2`)")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    from opd_core.toy.measure_v2 import measure_pair
+
+    student, teacher = resolve_pair("toy:matched-v2")
+    return measure_pair(student, teacher, n_prompts=16, rollouts=4, seed=3, rescue_budget=None)
+
+
+@pytest.fixture(scope="module")
+def build_metrics():
+    return json.loads((ASSETS_V2_DIR / "metrics.json").read_text())
+
+
+def test_most_sampled_token_rewards_are_negative_at_the_start(measured):
+    assert measured["negative_reward_share"] > 0.5
+
+
+def test_teacher_is_good_and_student_well_below(measured, build_metrics):
+    models = build_metrics["models"]
+    assert models["teacher"]["eval_accuracy"] >= 0.9  # greedy, 300 eval problems, at build time
+    assert models["teacher_mismatched"]["eval_accuracy"] >= 0.9
+    assert measured["teacher_sampled_accuracy"] >= 0.9  # its own sampled rollouts, live
+    assert models["student"]["eval_accuracy"] <= models["teacher"]["eval_accuracy"] - 0.3
+    assert measured["student_sampled_accuracy"] <= measured["teacher_sampled_accuracy"] - 0.3
+
+
+def test_teacher_rescues_mild_drift_but_not_far_drift(measured):
+    r = measured["rescue"]
+    assert r["rescue_rate_teacher_own"] >= 0.9
+    assert r["rescue_rate_before_error"] >= 0.8
+    assert r["rescue_rate_mild"] >= 0.5  # recovery is possible and the teacher does it near the error
+    assert r["rescue_rate_far"] <= r["rescue_rate_mild"] - 0.3
+    by = {row["since_error"]: row["rescue_rate_greedy"] for row in measured["rescue_by_since_error"]}
+    assert by[16] < by[0]
+
+
+def test_teacher_is_less_sure_on_drifted_prefixes_at_the_same_positions(measured):
+    pm = measured["position_matched"]
+    assert pm["n_drifted"] >= 50
+    assert pm["entropy_gap"] > 0.1 or pm["top1_drop"] > 0.1
+
+
+def test_mismatched_pair_keeps_the_special_token_mismatch(build_metrics):
+    from opd_core.alignment import compare_tokenizers
+    from opd_core.models import load_tokenizer
+
+    student, teacher = resolve_pair("toy:mismatched-v2")
+    report = compare_tokenizers(load_tokenizer(student), load_tokenizer(teacher)).to_dict()
+    assert report["eos_a"] == "<|im_end|>" and report["eos_b"] == "</s>"
+    assert not report["chat_template_same"] and report["n_differing_ids"] > 0
+    assert not report["eos_maps_to"]["a_in_b"]["used_in_template"]
+    assert build_metrics["models"]["teacher_mismatched"]["student_eos_logp"] < -5
+
+
+def test_build_is_seeded_and_bit_reproducible(tmp_path):
+    from opd_core.toy.build_v2 import WorldV2, train_one
+
+    world = WorldV2(teacher_steps=2, port_steps=1, batch_size=4)
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        train_one("teacher", str(out), 10, world, 2)
+        digests.append((out / "teacher" / "model.safetensors").read_bytes())
+    assert digests[0] == digests[1]
