@@ -240,7 +240,7 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _rescue(args: argparse.Namespace) -> int:
-    from opd_core.rescue import cli_rescue
+    from opd_core.rescue_runs import cli_rescue
 
     return cli_rescue(args)
 

@@ -44,7 +44,7 @@ def default_samples_dir() -> Path:
 
 def build_samples(out_dir: str | Path | None = None, only: list[str] | None = None, log=print) -> list[Path]:
     """Train every sample run (or ``only`` these) and move each finished run into ``out_dir``."""
-    from opd_core.rescue import rescue_run
+    from opd_core.rescue_runs import rescue_run
     from opd_core.train_entry import run_in_dir
 
     out = Path(out_dir) if out_dir else default_samples_dir()
@@ -81,7 +81,7 @@ def build_samples(out_dir: str | Path | None = None, only: list[str] | None = No
 def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per sample run: the numbers EXPERIMENTS.md compares against the paper's findings."""
     from opd_core.diagnostics import health
-    from opd_core.rescue import read_rescue
+    from opd_core.rescue_runs import read_rescue
 
     base = Path(sample_dir) if sample_dir else default_samples_dir()
     rows = []

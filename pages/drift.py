@@ -61,7 +61,7 @@ with st.expander("Numbers behind the chart"):
 import pandas as pd  # noqa: E402
 
 from app import charts_paper  # noqa: E402
-from opd_core import rescue as _rescue  # noqa: E402
+from opd_core import rescue_runs as _rescue  # noqa: E402
 from opd_core.diagnostics import drift as _drift  # noqa: E402
 
 st.subheader("Can the teacher still finish correctly? (rescue rate)")

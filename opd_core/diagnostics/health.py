@@ -488,7 +488,7 @@ def _objective_name(config: dict) -> str | None:
 
 def _rescue_summary(run_dir: Path) -> dict | None:
     """The run's rescue rates: rescue.json (`opd-lab rescue`) when present, else the logged per-step ones."""
-    from opd_core.rescue import read_rescue, summary_from_metrics
+    from opd_core.rescue_runs import read_rescue, summary_from_metrics
 
     data = read_rescue(run_dir)
     if data is not None:
