@@ -33,7 +33,7 @@ from opd_core.tasks import Example, final_answer
 
 SINCE_ERROR_GRID: tuple[int, ...] = (-1, 0, 1, 2, 4, 8, 16)  # -1: cut just before the first wrong token
 CONFIDENT_TOP1 = 0.9
-DEFAULT_LOOP_CUTS = 16  # per logging step inside the loop (see docs/diagnostics.md for the cost)
+DEFAULT_LOOP_CUTS = 12  # per logging step inside the loop, greedy only (docs/diagnostics.md: the cost)
 MILD_MAX, FAR_MIN = 2, 8  # tokens since the first error: "mild" drift <= 2, "far" >= 8
 
 
@@ -173,9 +173,9 @@ def grade_continuations(cuts: list[Cut], texts: list[tuple[str, str]], task, exa
 
 
 def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str, Example], sampling: Sampling, *,
-                  max_new_tokens: int, seed: int = 0) -> pd.DataFrame:
-    """One row per cut: where it is, the teacher's top-1 there, and whether greedy and sampled
-    continuations were rescued."""
+                  max_new_tokens: int, seed: int = 0, sampled: bool = True) -> pd.DataFrame:
+    """One row per cut: where it is, the teacher's top-1 there, and whether greedy and (with ``sampled``)
+    sampled continuations were rescued (``rescued_sampled`` is NaN without)."""
     refs = None
     if any(examples[c.rollout.prompt].answer is None for c in cuts) and not _task_grades_itself(task):
         prompts = sorted({c.rollout.prompt for c in cuts})
@@ -186,16 +186,18 @@ def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str
         refs = {p: final_answer(pair.teacher_text(o)[0]) for p, o in zip(prompts, own)}
     greedy = continue_from_cuts(cuts, pair, teacher_model, Sampling(max_new_tokens=max_new_tokens, greedy=True),
                                 max_new_tokens=max_new_tokens)
-    torch.manual_seed(seed)
-    sampled = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens)
     ok_greedy = grade_continuations(cuts, greedy, task, examples, refs)
-    ok_sampled = grade_continuations(cuts, sampled, task, examples, refs)
+    ok_sampled: list = [float("nan")] * len(cuts)
+    if sampled:
+        torch.manual_seed(seed)
+        drawn = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens)
+        ok_sampled = [bool(x) for x in grade_continuations(cuts, drawn, task, examples, refs)]
     rows = []
     for c, g, s, (prefix, cont) in zip(cuts, ok_greedy, ok_sampled, greedy):
         rows.append({"step": c.rollout.step, "sample": c.rollout.sample, "prompt": c.rollout.prompt,
                      "kind": c.kind, "pos": c.length, "since_error": c.since_error,
                      "since_off_support": c.since_off_support, "teacher_top1": c.teacher_top1,
-                     "rescued_greedy": bool(g), "rescued_sampled": bool(s), "prefix": prefix,
+                     "rescued_greedy": bool(g), "rescued_sampled": float(s), "prefix": prefix,
                      "continuation": cont})
     return pd.DataFrame(rows)
 
@@ -209,6 +211,7 @@ def _task_grades_itself(task) -> bool:
 
 
 def _rate(values: pd.Series) -> float | None:
+    values = pd.to_numeric(values, errors="coerce").dropna()
     return float(values.mean()) if len(values) else None
 
 
@@ -296,7 +299,7 @@ def rescue_step(rollouts: list[Rollout], first_wrong: dict, pair, teacher_model,
     cut table and the step metrics (``step_metrics``)."""
     cuts = plan_cuts(rollouts, first_wrong, budget=budget, seed=seed)
     table = evaluate_cuts(cuts, pair, teacher_model, task, examples, sampling, max_new_tokens=max_new_tokens,
-                          seed=seed)
+                          seed=seed, sampled=False)
     return table, step_metrics(table)
 
 

@@ -103,6 +103,7 @@ def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
             "eval_acc_best": float(evals["eval_accuracy"].max()),
             "eval_acc_final": float(evals["eval_accuracy"].iloc[-1]),
             "grad_norm_mean": float(trained["grad_norm"].mean()),
+            "grad_norm_std": float(trained["grad_norm"].std()),
             "response_len_first20": float(trained["response_len"].head(20).mean()),
             "response_len_last20": float(trained["response_len"].tail(20).mean()),
             "eos_rate_last20": float(trained["eos_rate"].tail(20).mean()),

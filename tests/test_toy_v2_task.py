@@ -59,9 +59,9 @@ def test_teacher_targets_are_correct_and_mask_only_the_wrong_text():
         if t.no_loss:
             with_error += 1
             (start, end), = t.no_loss
-            assert g.first_error_char is not None and start <= g.first_error_char < end
+            assert g.first_error_char == start
             assert t.text[end] == "!"
-    assert 80 < with_error < 160  # error_rate 0.4
+    assert 110 < with_error < 190  # error_rate 0.5
 
 
 def test_task_is_registered_and_shares_v1_problems():

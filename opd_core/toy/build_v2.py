@@ -37,12 +37,12 @@ TEACHER_PAD_MULTIPLE = 16
 class WorldV2:
     """Everything that shapes v2's checkpoints (the defaults are the shipped ones)."""
 
-    teacher_steps: int = 400   # fine-tuning v1's teacher on styled, self-correcting chains
+    teacher_steps: int = 600   # fine-tuning v1's teacher on styled, self-correcting chains
     teacher_lr: float = 2e-3
     port_steps: int = 200      # the mismatched teacher: the v2 teacher ported to the other tokenizer
     port_lr: float = 1e-3
     batch_size: int = 64
-    error_rate: float = 0.4
+    error_rate: float = 0.5
     label_smoothing: float = 0.0
 
 

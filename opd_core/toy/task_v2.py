@@ -4,7 +4,7 @@ The problem set and the splits are v1's (2-3 digit a+b). The response is still a
 per column from the right, but:
 
 - **Surface style is free.** Each step may name its operands in either order ("7+8" or "8+7"), write its
-  sum after "=" or ":" and end in ";" or ","; the final "=85" may be ":85". The grader accepts every
+  sum after "=" or ":" and end in ";", "," or "."; the final "=85" may be ":85". The grader accepts every
   style. The teacher is trained on all of them (so it spreads its mass over harmless choices, like a
   reasoning model's phrasing); the student on the canonical style only ("7+8=15;4+3+1=8;=85", v1's), so
   it is sure of choices the teacher is not: most sampled-token rewards start negative, as in the paper.
@@ -28,10 +28,10 @@ from opd_core.toy.task import _operand, split_of
 
 TASK_NAME = "toy:addition-v2"
 CORRECTION = "!"
-SEPARATORS = (";", ",")
+SEPARATORS = (";", ",", ".")
 EQUALS = ("=", ":")
 _STEP = r"\d\+\d(?:\+1)?[=:]\d{1,2}"
-_ATTEMPT = re.compile(rf"^(?:{_STEP}[;,])+[=:](\d+)$")
+_ATTEMPT = re.compile(rf"^(?:{_STEP}[;,.])+[=:](\d+)$")
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,10 @@ class Style:
 CANONICAL = Style()
 
 
-def random_style(rng: random.Random) -> Style:
-    """A style drawn uniformly over every harmless choice (what the teacher is trained on)."""
-    return Style(rng.random() < 0.5, rng.choice(EQUALS), rng.choice(SEPARATORS))
+def random_style(rng: random.Random, swap: bool = False) -> Style:
+    """A style drawn uniformly over every harmless choice (what the teacher is trained on). Operand order
+    stays fixed unless ``swap``: a teacher of this size copies the wrong digits when it may vary."""
+    return Style(swap and rng.random() < 0.5, rng.choice(EQUALS), rng.choice(SEPARATORS))
 
 
 def write_step(col: Column, style: Style, total: int | None = None) -> str:
@@ -102,7 +103,7 @@ def valid_pattern(a: int, b: int) -> str:
     parts = []
     for c in columns(a, b):
         carry = r"\+1" if c.carry else ""
-        parts.append(rf"(?:{c.x}\+{c.y}|{c.y}\+{c.x}){carry}[=:]{c.total}[;,]")
+        parts.append(rf"(?:{c.x}\+{c.y}|{c.y}\+{c.x}){carry}[=:]{c.total}[;,.]")
     return "".join(parts) + rf"[=:]{a + b}"
 
 
@@ -186,38 +187,50 @@ class Target:
     no_loss: tuple[tuple[int, int], ...] = ()
 
 
-def _wrong_total(col: Column, rng: random.Random) -> int:
-    """A plausible wrong column sum (off by 1-3, or the carry forgotten/added)."""
-    choices = [t for t in range(max(0, col.total - 3), col.total + 4) if t != col.total and t <= 19]
-    return rng.choice(choices)
+def wrong_chain(a: int, b: int, rng: random.Random, styles: list[Style], final: Style) -> str:
+    """A chain with one student-like mistake (a wrong sum, a miscopied digit, a carry added or dropped) in a
+    random step, every later step computed consistently from it, as a student that did not notice would."""
+    cols = columns(a, b)
+    bad, kind = rng.randrange(len(cols)), rng.choice(("sum", "sum", "x", "y", "carry"))
+    text, carry, digits = "", 0, []
+    for i, c in enumerate(cols):
+        x, y, has_carry = c.x, c.y, bool(carry)
+        if i == bad and kind == "x":
+            x = rng.choice([d for d in range(10) if d != c.x])
+        if i == bad and kind == "y":
+            y = rng.choice([d for d in range(10) if d != c.y])
+        if i == bad and kind == "carry":
+            has_carry = not has_carry
+        total = x + y + int(has_carry)
+        if i == bad and kind == "sum":
+            total = rng.choice([t for t in range(max(0, total - 3), min(19, total + 3) + 1) if t != total])
+        text += write_step(Column(x, y, has_carry, total), styles[i]) + styles[i].sep
+        carry = 1 if total >= 10 else 0
+        digits.append(total % 10)
+    answer = ("1" if carry else "") + "".join(str(d) for d in reversed(digits))
+    return text + write_final(answer.lstrip("0") or "0", final)
 
 
-def teacher_target(a: int, b: int, rng: random.Random, *, error_rate: float = 0.4,
-                   delays: tuple[float, ...] = (0.65, 0.35)) -> Target:
-    """A teacher training chain: random styles; with ``error_rate`` one step goes wrong and the chain goes on
-    for ``d`` more steps (d drawn from ``delays``), then '!' and a fresh correct chain. The wrong text from the
-    wrong step up to '!' carries no loss: the teacher learns to notice and restart, never to err."""
+# Characters a teacher training chain runs on past its first mistake before it writes "!": mostly none,
+# sometimes a few. A student prefix further past its mistake than this is off the teacher's support.
+DELAY_WEIGHTS: dict[tuple[int, int], float] = {(0, 0): 0.5, (1, 3): 0.3, (4, 6): 0.2}
+
+
+def teacher_target(a: int, b: int, rng: random.Random, *, error_rate: float = 0.5) -> Target:
+    """A teacher training chain in random styles; with ``error_rate`` it first goes wrong (`wrong_chain`),
+    runs on a few characters (``DELAY_WEIGHTS``), then writes '!' and a fresh correct chain. The wrong text
+    carries no loss: the teacher learns to notice a mistake and restart, never to make one."""
     cols = columns(a, b)
     fresh = chain(a, b, [random_style(rng) for _ in cols], random_style(rng))
     if rng.random() >= error_rate:
         return Target(fresh)
-    bad = rng.randrange(len(cols))
-    delay = rng.choices(range(len(delays)), weights=delays)[0]
-    styles = [random_style(rng) for _ in cols]
-    text, carry = "", 0
-    for i, c in enumerate(cols[: bad + 1 + delay]):
-        col = Column(c.x, c.y, bool(carry), c.x + c.y + carry)
-        if i < bad:
-            col = c
-        total = _wrong_total(col, rng) if i == bad else col.total
-        step = write_step(col, styles[i], total)
-        if i == bad:
-            start = len(text) + len(step) - len(str(total))  # the wrong digits of the sum
-        text += step
-        carry = 1 if total >= 10 else 0
-        if i < bad + delay and i < len(cols) - 1:
-            text += styles[i].sep
-        elif i < bad + delay:
+    for _ in range(8):
+        wrong = wrong_chain(a, b, rng, [random_style(rng) for _ in cols], random_style(rng))
+        start = first_error(wrong, regex.compile(valid_pattern(a, b)))
+        if start is not None and start < len(wrong):
             break
-    end = len(text)
-    return Target(text + CORRECTION + fresh, ((start, end),))
+    else:
+        return Target(fresh)
+    lo, hi = rng.choices(list(DELAY_WEIGHTS), weights=list(DELAY_WEIGHTS.values()))[0]
+    end = min(len(wrong), start + 1 + rng.randint(lo, hi))
+    return Target(wrong[:end] + CORRECTION + fresh, ((start, end),))
