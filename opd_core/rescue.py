@@ -303,23 +303,36 @@ def rescue_step(rollouts: list[Rollout], first_wrong: dict, pair, teacher_model,
     return table, step_metrics(table)
 
 
-def loop_rescue(step: int, prompts: list[str], responses: list[list[int]], cols: dict, grades: list, pair,
-                teacher_model, task, examples: dict[str, Example], sampling: Sampling, *, max_new_tokens: int,
-                seed: int, budget: int = DEFAULT_LOOP_CUTS) -> dict:
-    """The training loop's rescue phase on a logging step: the step's student rollouts (their teacher top-1
-    and nucleus columns from ``cols``), their grades, a bounded set of cuts; returns the step metrics."""
-    top1 = cols["teacher_top1_prob"].detach().float().cpu().numpy()
-    nucleus = cols["in_teacher_nucleus"].detach().cpu().numpy()
-    rollouts = rollouts_from_batch(step, prompts, responses, pair.student_eos_ids, "student", teacher_top1=top1,
-                                   in_nucleus=nucleus)
+def _batch_rollouts(step: int, prompts, responses, grades, record, pair, source: str, offset: int = 0):
+    top1 = record.teacher_top1_prob.detach().float().cpu().numpy() if record.teacher_top1_prob is not None else None
+    nucleus = record.in_teacher_nucleus.detach().cpu().numpy() if record.in_teacher_nucleus is not None else None
+    rollouts = rollouts_from_batch(step, prompts, responses, pair.student_eos_ids, source, teacher_top1=top1,
+                                   in_nucleus=nucleus, sample_offset=offset)
     first_wrong = {}
     for r, g in zip(rollouts, grades):
         _, spans = pair.response_spans(r.response_ids)
         first_wrong[(r.step, r.sample)] = _first_wrong_token(spans, g.first_error_char)
+    return rollouts, first_wrong
+
+
+def loop_rescue(step: int, prompts: list[str], responses: list[list[int]], grades: list, record, pair,
+                teacher_model, task, examples: dict[str, Example], sampling: Sampling, *, max_new_tokens: int,
+                seed: int, reference=None, budget: int = DEFAULT_LOOP_CUTS) -> dict:
+    """The training loop's rescue phase on a logging step: the step's student rollouts (teacher top-1 and
+    nucleus from the token ``record``) and, when given, the teacher's reference rollouts (an object with
+    ``scored``, ``record``, ``grades``); a bounded set of cuts, greedy continuations; the step metrics."""
+    rollouts, first_wrong = _batch_rollouts(step, prompts, responses, grades, record, pair, "student")
+    if reference is not None:
+        ref_rollouts, ref_wrong = _batch_rollouts(step, reference.scored.prompts, reference.scored.responses,
+                                                  reference.grades, reference.record, pair, "teacher",
+                                                  offset=len(prompts))
+        rollouts += ref_rollouts
+        first_wrong.update(ref_wrong)
     with torch.no_grad():
         _, metrics = rescue_step(rollouts, first_wrong, pair, teacher_model, task, examples, sampling,
                                  max_new_tokens=max_new_tokens, budget=budget, seed=seed)
     return metrics
+
 
 def first_wrong_tokens(rollouts: list[Rollout], pair, task, examples: dict[str, Example]) -> dict:
     """(step, sample) -> index of the first wrong token per the task's grader (None when none)."""

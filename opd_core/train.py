@@ -36,6 +36,7 @@ from opd_core.objectives import (
 from opd_core.objectives.chunked import token_logprob_stats
 from opd_core.pairing import TokenizerPair, alignment_coverage
 from opd_core.progress import ProgressBar, timed
+from opd_core.rescue import loop_rescue
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table, write_alignment
 from opd_core.scoring import build_batch, response_logits, score_teacher
@@ -401,6 +402,12 @@ class Trainer:
                 rows = list(range(len(sc.prompts)))[: cfg.log_samples or None]
                 self.log_tokens(result, record.rows(rows) if cfg.log_samples else record, rows, grades, texts,
                                 reference)
+        if logging_step and source == "student":  # can the teacher finish these prefixes correctly?
+            with timed(timings, "t_rescue"):
+                metrics.update(loop_rescue(result.step, sc.prompts, sc.responses, grades, record, self.pair,
+                                           self.teacher.model, self.task, result.rollout.examples, self.sampling,
+                                           max_new_tokens=cfg.max_new_tokens, reference=reference,
+                                           seed=_step_seed(cfg.seed, result.step, 3)))
         return {**metrics, **timings}
 
     def run(self, start_step: int = 0, progress: bool = True, time_offset: float = 0.0) -> str:
