@@ -24,7 +24,12 @@ from opd_core.toy.build import _foreign_eos_logp, _swap_into_place
 from opd_core.toy.measure_v2 import measure_pair
 from opd_core.toy.presets import ASSETS_DIR, ASSETS_V2_DIR
 from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, canonical_chain, teacher_target
-from opd_core.toy.tokenizers import mismatched_teacher_tokenizer, student_tokenizer
+from opd_core.toy.tokenizers import (
+    STUDENT_SPECIALS,
+    TEACHER_SPECIALS,
+    mismatched_teacher_tokenizer,
+    student_tokenizer,
+)
 
 EVAL_EXAMPLES = 300
 MEASURE_CUTS = 240
@@ -108,8 +113,7 @@ def port_weights(model, tok, source_dir: Path) -> None:
     src_emb = src.get_input_embeddings().weight.detach()
     emb = model.get_input_embeddings().weight
     src_vocab = src_tok.get_vocab()
-    roles = {getattr(tok, r): getattr(src_tok, r) for r in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    roles.update(zip(tok.additional_special_tokens[:2], src_tok.additional_special_tokens[:2]))
+    roles = {TEACHER_SPECIALS[k]: STUDENT_SPECIALS[k] for k in TEACHER_SPECIALS}  # the same role on each side
     with torch.no_grad():
         for text, i in tok.get_vocab().items():
             source = roles.get(text, text)
