@@ -533,7 +533,7 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
             skipped.append(f"{damage[0]}: mismatch judged from the token signal only" if damage else
                            "alignment.json absent: mismatch judged from the token signal only")
         findings += _guarded("imbalance", skipped, lambda: check_imbalance(tokens, objective, thresholds))
-        findings += _guarded("drift", skipped, lambda: check_drift(tokens, thresholds))
+        findings += _guarded("drift", skipped, lambda: check_drift(tokens, thresholds, _rescue_summary(run_dir)))
         findings += _guarded("mismatch", skipped, lambda: check_mismatch(tokens, alignment, config, thresholds))
         findings += _guarded("collapse", skipped, lambda: check_collapse(tokens, config, thresholds))
     metrics = runs.read_metrics(run_dir, problems)

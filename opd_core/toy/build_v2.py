@@ -23,7 +23,7 @@ from opd_core.toy import recipes
 from opd_core.toy.build import _foreign_eos_logp, _swap_into_place
 from opd_core.toy.measure_v2 import measure_pair
 from opd_core.toy.presets import ASSETS_DIR, ASSETS_V2_DIR
-from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, canonical_chain, teacher_target
+from opd_core.toy.task_v2 import CorrectableAdditionTask, Target, teacher_target
 from opd_core.toy.tokenizers import (
     STUDENT_SPECIALS,
     TEACHER_SPECIALS,
@@ -42,13 +42,14 @@ TEACHER_PAD_MULTIPLE = 16
 class WorldV2:
     """Everything that shapes v2's checkpoints (the defaults are the shipped ones)."""
 
-    teacher_steps: int = 600   # fine-tuning v1's teacher on styled, self-correcting chains
-    teacher_lr: float = 2e-3
+    # Fine-tuning v1's teacher on styled, self-correcting chains: (steps, learning rate, share of chains with
+    # a mistake) per stage. The second stage, mostly mistakes, makes noticing them reliable.
+    teacher_stages: tuple[tuple[int, float, float], ...] = ((600, 2e-3, 0.7), (400, 1e-3, 0.9))
     port_steps: int = 200      # the mismatched teacher: the v2 teacher ported to the other tokenizer
     port_lr: float = 1e-3
+    port_error_rate: float = 0.9
     batch_size: int = 64
-    error_rate: float = 0.5
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # 0: a smoothed teacher samples junk tokens at temperature 1
 
 
 def encode_targets(tokenizer, prompts: list[str], targets: list[Target]) -> dict[str, torch.Tensor]:
@@ -76,17 +77,14 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[Target]) -> dict
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _batch_fn(kind: str, world: WorldV2):
+def _batch_fn(batch_size: int, error_rate: float):
+    """Batches of teacher training chains (styles, mistakes followed by '!') for `recipes.train_sft`."""
     task = CorrectableAdditionTask()
 
     def make(tokenizer, seed: int) -> dict[str, torch.Tensor]:
         rng = random.Random(seed)
-        examples = task.examples("train", world.batch_size, seed=seed)
-        if kind == "student":
-            targets = [Target(canonical_chain(ex.meta["a"], ex.meta["b"])) for ex in examples]
-        else:
-            targets = [teacher_target(ex.meta["a"], ex.meta["b"], rng, error_rate=world.error_rate)
-                       for ex in examples]
+        examples = task.examples("train", batch_size, seed=seed)
+        targets = [teacher_target(ex.meta["a"], ex.meta["b"], rng, error_rate=error_rate) for ex in examples]
         return encode_targets(tokenizer, [ex.prompt for ex in examples], targets)
 
     return make
@@ -123,6 +121,13 @@ def port_weights(model, tok, source_dir: Path) -> None:
                 emb[i] = torch.stack([src_emb[src_vocab[ch]] for ch in text]).mean(0)
 
 
+def _fine_tune(model, tok, world: WorldV2, steps: int, lr: float, error_rate: float, seed: int) -> None:
+    recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
+                            label_smoothing=world.label_smoothing)
+    recipes.train_sft(model, tok, CorrectableAdditionTask(), recipe, seed=seed, log=lambda _m: None,
+                      batch_fn=_batch_fn(world.batch_size, error_rate), max_new_tokens=MAX_NEW_TOKENS)
+
+
 def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples: int,
               v1_dir: str | None = None) -> dict:
     """Make one model of v2 (in its own process, one thread) and save it with its tokenizer.
@@ -142,21 +147,18 @@ def train_one(name: str, out_dir: str, seed: int, world: WorldV2, eval_examples:
     if name == "student":
         tok = student_tokenizer()
         model = LlamaForCausalLM.from_pretrained(v1 / "student")
+    elif name == "teacher":
+        tok = student_tokenizer()
+        model = LlamaForCausalLM.from_pretrained(v1 / "teacher")
+        for i, (stage_steps, lr, error_rate) in enumerate(world.teacher_stages):
+            _fine_tune(model, tok, world, stage_steps, lr, error_rate, seed + i)
+            steps += stage_steps
     else:
-        if name == "teacher":
-            tok = student_tokenizer()
-            model = LlamaForCausalLM.from_pretrained(v1 / "teacher")
-            steps, lr = world.teacher_steps, world.teacher_lr
-        else:
-            tok = mismatched_teacher_tokenizer()
-            size = recipes.TEACHER_SIZE
-            model = recipes.new_model(tok, size, seed=seed, pad_multiple=TEACHER_PAD_MULTIPLE)
-            port_weights(model, tok, Path(out_dir) / "teacher")
-            steps, lr = world.port_steps, world.port_lr
-        recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
-                                label_smoothing=world.label_smoothing)
-        recipes.train_sft(model, tok, task, recipe, seed=seed, log=lambda _m: None, batch_fn=_batch_fn("teacher", world),
-                          max_new_tokens=MAX_NEW_TOKENS)
+        tok = mismatched_teacher_tokenizer()
+        model = recipes.new_model(tok, recipes.TEACHER_SIZE, seed=seed, pad_multiple=TEACHER_PAD_MULTIPLE)
+        port_weights(model, tok, Path(out_dir) / "teacher")
+        steps = world.port_steps
+        _fine_tune(model, tok, world, steps, world.port_lr, world.port_error_rate, seed)
     model.eval()
     eval_set = task.examples("eval", eval_examples, seed=EVAL_SEED)
     accuracy, format_ok = _accuracy(model, tok, eval_set)
