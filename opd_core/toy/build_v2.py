@@ -45,9 +45,9 @@ class WorldV2:
     # Fine-tuning v1's teacher on styled, self-correcting chains: (steps, learning rate, share of chains with
     # a mistake) per stage. The second stage, mostly mistakes, makes noticing them reliable.
     teacher_stages: tuple[tuple[int, float, float], ...] = ((600, 2e-3, 0.7), (400, 1e-3, 0.9))
-    port_steps: int = 200      # the mismatched teacher: the v2 teacher ported to the other tokenizer
+    port_steps: int = 300      # the mismatched teacher: the v2 teacher ported to the other tokenizer
     port_lr: float = 1e-3
-    port_error_rate: float = 0.9
+    port_error_rate: float = 0.3
     batch_size: int = 64
     label_smoothing: float = 0.0  # 0: a smoothed teacher samples junk tokens at temperature 1
 
