@@ -18,10 +18,21 @@ import pandas as pd
 from opd_core import runs
 from opd_core.config import load_config
 
-# sample run id -> (example config, overrides). All on toy world v2 (`toy:*-v2`, task toy:addition-v2);
-# the ablations log tokens only at their first and last steps to stay small.
-_ENDS_ONLY = ["log_tokens_every=1000"]
+# sample run id -> (example config, overrides). The shipped runs are still toy world v1's; the v2 set
+# (SAMPLES_V2: `toy:*-v2`, task toy:addition-v2, ablations logging tokens only at their first and last
+# steps to stay small) replaces them once built.
 SAMPLES: dict[str, tuple[str, list[str]]] = {
+    "baseline-sampled-token": ("baseline", []),
+    "masked-sampled-token": ("masked", []),
+    "top-p-sampled-token": ("top_p", []),
+    "topk-support": ("topk_support", []),
+    "topk-unnormalized": ("topk_unnormalized", []),
+    "topk-support-unmasked": ("topk_support", ["mask_special_tokens=false"]),
+    "matched-sampled-token": ("matched", []),
+    "forward-kl-mixed-prefixes": ("forward_kl_mixed", []),
+}
+_ENDS_ONLY = ["log_tokens_every=1000"]
+SAMPLES_V2: dict[str, tuple[str, list[str]]] = {
     "baseline-sampled-token": ("v2_baseline", []),
     "masked-sampled-token": ("v2_masked", []),
     "top-p-sampled-token": ("v2_top_p", []),
