@@ -446,12 +446,13 @@ def test_no_code_patches_sys_path() -> None:
 
 def test_a_deep_link_opens_the_inspector_at_that_token_and_the_url_follows(monkeypatch, tmp_path) -> None:
     at = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
-    at.query_params.update({"run": "samples:baseline-sampled-token", "step": "200", "sample": "0", "pos": "24",
+    # sample 1's EOS (position 34) at step 200 of the v2 baseline: the student's <|im_end|>, read as text
+    at.query_params.update({"run": "samples:baseline-sampled-token", "step": "200", "sample": "1", "pos": "34",
                             "color": "log_ratio"})
     _open(at, "inspector")
     assert at.selectbox(key="insp_step:samples:baseline-sampled-token").value == 200
-    assert next(s for s in at.selectbox if s.label == "Sample").value == 0
-    assert next(s for s in at.selectbox if s.label == "Position").value == 24
+    assert next(s for s in at.selectbox if s.label == "Sample").value == 1
+    assert next(s for s in at.selectbox if s.label == "Position").value == 34
     assert at.selectbox(key="insp_colour").value == "log_ratio"
     assert "opd-selected" in _html(at) and "scored as text" in _html(at)
     assert any("literal text" in i.value for i in at.info)

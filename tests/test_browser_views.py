@@ -2,7 +2,7 @@
 
 Each test leaves a screenshot in test-artifacts/screenshots/ (not committed) for review:
 - live-watch-list.png: the Live page after the watch list was edited to two runs;
-- deep-link-eos.png: ?run=baseline&step=200&sample=0&pos=24 opened at the student's <|im_end|>, the hover card
+- deep-link-eos.png: ?run=baseline&step=200&sample=1&pos=34 opened at the student's <|im_end|>, the hover card
   saying the teacher scored it as literal text and naming its own EOS among its candidates;
 - deep-link-eos-full.png: the same page whole, the teacher's own tokenization strip under the student's;
 - side-by-side.png / side-by-side-diff.png: baseline and masked sample runs on the same prompt, one colour scale,
@@ -124,11 +124,11 @@ def test_editing_the_live_watch_list_in_the_browser(server, page) -> None:
 
 def test_a_deep_link_opens_the_baseline_eos_token_with_both_tokenizations(server, page) -> None:
     url, _, _ = server
-    _open(page, f"{url}/inspector?run=samples:baseline-sampled-token&step=200&sample=0&pos=24&color=log_ratio",
+    _open(page, f"{url}/inspector?run=samples:baseline-sampled-token&step=200&sample=1&pos=34&color=log_ratio",
           "Token inspector")
     token = page.locator(".opd-tok.opd-selected").first
     token.wait_for(timeout=30_000)
-    assert token.get_attribute("data-pos") == "24"
+    assert token.get_attribute("data-pos") == "34"
     assert page.locator(".opd-group").count() > 0, "the teacher's tokenization strip is missing"
     token.scroll_into_view_if_needed()
     token.hover()
@@ -138,7 +138,7 @@ def test_a_deep_link_opens_the_baseline_eos_token_with_both_tokenizations(server
     assert "literal text" in card and "</s>" in card and "scored as text" in card, card
     box = tip.bounding_box()
     assert box and box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"], "hover card is clipped"
-    assert "pos=24" in page.url and "step=200" in page.url
+    assert "pos=34" in page.url and "step=200" in page.url
     _shot(page, "deep-link-eos.png")
     page.mouse.move(5, 5)
     _shot(page, "deep-link-eos-full.png", full_page=True)  # the teacher's tokenization strip under the student's

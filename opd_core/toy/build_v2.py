@@ -122,7 +122,7 @@ def port_weights(model, tok, source_dir: Path) -> None:
 
 
 def _fine_tune(model, tok, world: WorldV2, steps: int, lr: float, error_rate: float, seed: int) -> None:
-    recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=min(50, steps // 5),
+    recipe = recipes.Recipe(steps=steps, batch_size=world.batch_size, lr=lr, warmup=max(1, min(50, steps // 5)),
                             label_smoothing=world.label_smoothing)
     recipes.train_sft(model, tok, CorrectableAdditionTask(), recipe, seed=seed, log=lambda _m: None,
                       batch_fn=_batch_fn(world.batch_size, error_rate), max_new_tokens=MAX_NEW_TOKENS)
