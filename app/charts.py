@@ -141,6 +141,22 @@ def response_length_figure(trend: pd.DataFrame) -> go.Figure:
     return _layout(fig, title, "step", "tokens per response")
 
 
+ALIGNMENT_SHARES = {"align_one_to_one_share": ("aligned 1:1", "#2ca02c"),
+                    "align_multi_token_share": ("inside a multi-token span", "#1f77b4"),
+                    "align_unaligned_share": ("unaligned (masked, no teacher number)", "#d62728")}
+
+
+def alignment_coverage_figure(metrics: pd.DataFrame) -> go.Figure:
+    """How the student's tokens were matched to the teacher's per step: stacked shares (1:1, span, unaligned)."""
+    _require(metrics, ["step", *ALIGNMENT_SHARES], "alignment_coverage_figure")
+    rows = metrics.dropna(subset=list(ALIGNMENT_SHARES))
+    fig = go.Figure()
+    for column, (label, colour) in ALIGNMENT_SHARES.items():
+        fig.add_trace(go.Bar(x=rows["step"], y=rows[column], name=label, marker_color=colour))
+    fig.update_layout(barmode="stack", yaxis={"range": [0, 1], "tickformat": ".0%"})
+    return _layout(fig, "Alignment coverage per step", "step", "share of response tokens")
+
+
 def compare_figure(long: pd.DataFrame, metric: str, x_title: str = "step") -> go.Figure:
     """One line per run of a metric (columns run, x, value), already smoothed by the caller."""
     _require(long, ["run", "x", "value"], "compare_figure")

@@ -28,16 +28,29 @@ c[2].metric("vocabulary overlap", widgets.fmt((alignment or {}).get("overlap_rat
 eos_verdict, eos_detail = mismatch.student_eos_for_teacher(alignment)
 c[3].metric("student EOS, to the teacher", md(eos_verdict), help=md(eos_detail, None) if eos_detail else None)
 
+for warning in (alignment or {}).get("warnings") or []:  # no chat template; EOS vs end of turn (engine's words)
+    st.warning(md(warning, None), icon=":material/warning:")
+
+metrics = widgets.guarded(run, state.metrics, run.path)
+if metrics is not None and all(c in metrics for c in charts.ALIGNMENT_SHARES):
+    st.subheader("Alignment coverage")
+    widgets.chart(charts.alignment_coverage_figure(metrics),
+                  "How each student token was credited by the teacher: 1:1 (the teacher has the same token, full "
+                  "distributions compared), inside a multi-token span (chain rule over the teacher's pieces), or "
+                  "unaligned (no teacher token ends exactly there: masked, no teacher number). A large red share "
+                  "means few tokens carry a trustworthy teacher signal.")
+
 st.subheader("The two tokenizers")
 if alignment is None:
     st.info("This run has no alignment.json (the tokenizer comparison is written by OPD Lab's engine). "
             "Compare two tokenizers with `opd-lab tokenizers compare A B`.", icon=":material/info:")
 else:
     a, b = st.columns(2)
-    a.markdown(f"**Student** · vocabulary {md(alignment.get('vocab_size_a', '–'))} · EOS "
-               f"**{md(visible(str(alignment.get('eos_a'))))}**")
-    b.markdown(f"**Teacher** · vocabulary {md(alignment.get('vocab_size_b', '–'))} · EOS "
-               f"**{md(visible(str(alignment.get('eos_b'))))}**")
+    for col, side, who in ((a, "a", "Student"), (b, "b", "Teacher")):
+        turn = alignment.get(f"end_of_turn_{side}")
+        col.markdown(f"**{who}** · vocabulary {md(alignment.get(f'vocab_size_{side}', '–'))} · EOS "
+                     f"**{md(visible(str(alignment.get(f'eos_{side}'))))}**"
+                     + (f" · end of turn **{md(visible(str(turn)))}**" if turn else ""))
     specials = alignment.get("special_tokens") if isinstance(alignment.get("special_tokens"), dict) else {}
     st.dataframe(plain_frame(tables.special_token_table(specials)), hide_index=True, width="stretch",
                  column_config={"same": st.column_config.TextColumn("same?", width="small")})

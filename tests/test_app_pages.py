@@ -526,3 +526,34 @@ def test_drift_and_compare_choices_live_in_the_url(monkeypatch, runs_dir) -> Non
     other.query_params["metric"] = "grad_norm"
     _open(other, "compare")
     assert other.selectbox(key="cmp_metric").value == "grad_norm"
+
+
+def test_mismatch_page_shows_the_pairs_warnings_end_of_turn_and_alignment_coverage(monkeypatch, tmp_path) -> None:
+    """A cross-tokenizer run: the engine's warnings (no chat template), each side's end of turn, and the
+    per-step alignment coverage chart (1:1 / multi-token span / unaligned)."""
+    run = write_synthetic_run(tmp_path / "runs" / "cross", steps=4, log_every=2, samples=2, length=8)
+    alignment = runs.read_json(run / "alignment.json") or {}
+    alignment.update({"warnings": ["teacher has no chat template: the run used the plain template"],
+                      "end_of_turn_a": "<|im_end|>", "end_of_turn_b": "<end_of_turn>"})
+    runs.atomic_write_json(run / "alignment.json", alignment)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    shares = {"align_one_to_one_share": 0.5, "align_multi_token_share": 0.2, "align_unaligned_share": 0.3}
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**json.loads(line), **shares}) + "\n" for line in lines))
+    at = _open(_app(monkeypatch, tmp_path / "runs"), "mismatch")
+    assert any("no chat template" in w.value for w in at.warning)
+    assert "Alignment coverage per step" in _chart_titles(at)
+    assert "end\\_of\\_turn" in " ".join(m.value for m in at.markdown) or \
+        "end_of_turn" in " ".join(m.value for m in at.markdown)
+
+
+def test_alignment_coverage_figure_stacks_the_three_shares_per_step() -> None:
+    import pandas as pd
+
+    from app.charts import alignment_coverage_figure
+
+    frame = pd.DataFrame({"step": [1, 2], "align_one_to_one_share": [0.5, 0.6],
+                          "align_multi_token_share": [0.2, 0.1], "align_unaligned_share": [0.3, 0.3]})
+    fig = alignment_coverage_figure(frame)
+    assert [t.name for t in fig.data] == ["aligned 1:1", "inside a multi-token span",
+                                          "unaligned (masked, no teacher number)"]
+    assert fig.layout.barmode == "stack" and list(fig.data[2].y) == [0.3, 0.3]
