@@ -10,128 +10,28 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from opd_core import runs
 from opd_core.diagnostics import collapse, drift, imbalance, mismatch
+from opd_core.diagnostics.findings import (  # noqa: F401 - the report's types, importable from here too
+    DENSE_OBJECTIVES,
+    MODES,
+    SEVERITIES,
+    THRESHOLDS,
+    Finding,
+    HealthReport,
+    Thresholds,
+    _finite,
+    _num,
+    severity_rank,
+)
 from opd_core.diagnostics.loading import DiagnosticsError, read_run_tokens
-
-SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")  # most severe first: the one order everywhere
-# The failure modes a finding names; the dashboard maps each to the page showing its evidence (app/navigation.py).
-MODES: tuple[str, ...] = ("imbalance", "drift", "mismatch", "collapse", "training")
-
-
-def severity_rank(severity: str) -> int:
-    """Sort key of a severity: 0 for the most severe; unknown severities last."""
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
-
-
-def _dense_objectives() -> frozenset[str]:
-    """Objectives whose per-token signal is a divergence over the vocabulary, spread over every token by
-    design: every registered objective that needs more of the teacher than its sampled log-prob."""
-    from opd_core.objectives import TeacherNeeds, get_objective, list_objectives
-
-    return frozenset(n for n in list_objectives() if get_objective(n).needs is not TeacherNeeds.SAMPLED)
-
-
-DENSE_OBJECTIVES = _dense_objectives()
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Where each check starts to speak; the reasons are in docs/diagnostics.md."""
-
-    min_tokens: int = 200               # fewer trained tokens than this: too few to judge concentration
-    gini_warning: float = 0.6           # half-normal noise gives ~0.41, exponential ~0.5
-    gini_critical: float = 0.8
-    top1_warning: float = 0.15          # exponential |signal| gives ~0.056 in the top 1%
-    top1_critical: float = 0.3
-    top5_warning: float = 0.35          # half-normal |signal| puts ~15% in the top 5%, exponential ~20%
-    drift_min_tokens: int = 50          # drifted rows (and baseline rows) needed before comparing
-    drift_min_share: float = 0.05       # fewer drifted tokens than this barely move the update
-    drift_entropy_ratio: float = 2.0    # teacher twice as uncertain off-support as on its own prefixes
-    drift_entropy_gap: float = 0.25     # ...and by at least this many nats (tiny entropies double easily)
-    drift_critical_ratio: float = 4.0
-    drift_critical_share: float = 0.25
-    rescue_min_cuts: int = 20           # drifted cuts needed before a rescue rate is read
-    rescue_drop_warning: float = 0.25   # the teacher finishes 25 points fewer drifted prefixes than its own
-    rescue_drop_critical: float = 0.5
-    confidently_wrong_warning: float = 0.25  # a quarter of drifted cuts: top-1 >= 0.9 and still not rescued
-    matched_entropy_gap: float = 0.1    # nats, drifted minus on-support at the same positions
-    matched_top1_drop: float = 0.1      # top-1 probability, on-support minus drifted at the same positions
-    special_share_warning: float = 0.25
-    special_share_critical: float = 0.5
-    eos_share_warning: float = 0.15
-    eos_log_ratio: float = -5.0         # teacher gives the student's EOS e^5 ~ 150x less probability
-    support_fall_warning: float = 0.15  # absolute fall of the student's mass inside the teacher's top-K
-    support_fall_critical: float = 0.3
-    support_low: float = 0.3
-    overlap_fall_warning: float = 0.25
-    grad_spike_factor: float = 10.0     # grad norm over 10x the running median of the previous steps
-    grad_window: int = 20
-    length_ratio_warning: float = 1.5   # last-quarter mean response length over first-quarter mean
-    length_cap_share: float = 0.9       # ...critical when it sits at max_new_tokens
-    length_cap_min_ratio: float = 1.1   # at the cap, a 10% rise is enough to call it a runaway
-    eval_drop_warning: float = 0.1      # accuracy points lost from the run's best eval to its last
-    unaligned_warning: float = 0.1      # share of student tokens with no exact teacher alignment (masked)
-    unaligned_critical: float = 0.4
-
-
-THRESHOLDS = Thresholds()
-
-
-@dataclass
-class Finding:
-    """One problem a run shows: what (mode, title), how bad, the numbers behind it, and what to try."""
-
-    mode: str          # imbalance | drift | mismatch | collapse | training
-    severity: str      # info | warning | critical
-    title: str
-    evidence: dict
-    fix: str           # config settings to try, by their config names
-    view: str          # the failure mode (MODES) whose evidence view shows it; the dashboard maps it to a page
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "evidence": runs.clean_json(self.evidence)}
-
-
-@dataclass
-class HealthReport:
-    """The findings of one run, most severe first, and the checks that could not run (and why)."""
-
-    run_dir: Path
-    findings: list[Finding]
-    skipped: list[str] = field(default_factory=list)
-    objective: str | None = None
-    problems: list[str] = field(default_factory=list)  # damaged files of the run, each named
-
-    def to_dict(self) -> dict:
-        return {"run_dir": str(self.run_dir), "objective": self.objective,
-                "findings": [f.to_dict() for f in self.findings], "skipped": list(self.skipped),
-                "problems": list(self.problems)}
-
-    def modes(self) -> set[str]:
-        """The failure modes flagged (for tests and quick checks)."""
-        return {f.mode for f in self.findings}
-
-
-def _num(value: Any, digits: int = 4) -> Any:
-    """Round evidence numbers so reports are readable; NaN stays NaN (None in JSON)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.{digits}g}")
-    return value
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
+from opd_core.diagnostics.training_checks import _nonfinite_steps, check_tokenizer_pair, check_training  # noqa: F401
 
 # ----------------------------------------------------------------------------- failure-mode checks
 
@@ -337,106 +237,6 @@ def check_collapse(tokens: pd.DataFrame, config: dict, t: Thresholds = THRESHOLD
                f"support collapse: top-K overlap fell from {s['overlap_first']:.2f} to {s['overlap_last']:.2f}"),
         evidence=evidence, fix=fix, view="collapse",
     )]
-
-
-# ----------------------------------------------------------------------------- training checks (metrics only)
-
-
-def _nonfinite_steps(run_dir: Path, key: str) -> list[int]:
-    """Steps whose ``key`` was NaN/inf. The writer stores such a value as null and names it under
-    ``nonfinite`` (``run_writer.metrics_record``); a bare null means "not reported" (an SDK run without
-    gradients, a re-scoring run) and is no finding."""
-    steps = []
-    for rec, _ in runs.iter_metric_records(run_dir):
-        value = rec.get(key)
-        marked = key in (rec.get("nonfinite") or ())
-        if marked or (isinstance(value, float) and not math.isfinite(value)):
-            steps.append(rec.get("step"))
-    return steps
-
-
-def check_training(run_dir: Path, metrics: pd.DataFrame, config: dict, t: Thresholds = THRESHOLDS) -> list[Finding]:
-    """Cheap checks on metrics.jsonl: NaN loss, grad-norm spikes, runaway response length, falling eval."""
-    found: list[Finding] = []
-    bad = sorted(set(_nonfinite_steps(run_dir, "loss")) | set(_nonfinite_steps(run_dir, "grad_norm")), key=str)
-    if bad:
-        found.append(Finding(
-            mode="training", severity="critical", title=f"loss or grad norm is NaN/inf at {len(bad)} step(s)",
-            evidence={"check": "nan_loss", "n_steps": len(bad), "first_steps": bad[:5]},
-            fix="a lower learning_rate, max_grad_norm=1.0 and dtype=float32", view="training"))
-    if "grad_norm" in metrics and len(metrics) > t.grad_window // 4:
-        g = pd.to_numeric(metrics["grad_norm"], errors="coerce")
-        median = g.rolling(t.grad_window, min_periods=5).median().shift(1)
-        ratio = g / median
-        spikes = metrics.loc[ratio >= t.grad_spike_factor, "step"].tolist()
-        if spikes:
-            found.append(Finding(
-                mode="training", severity="warning",
-                title=f"grad-norm spikes: {len(spikes)} step(s) over {t.grad_spike_factor:g}x the running median",
-                evidence={"check": "grad_norm_spike", "n_spikes": len(spikes), "steps": spikes[:5],
-                          "max_ratio": _num(float(ratio.max()))},
-                fix="max_grad_norm=1.0 and a lower learning_rate; top_p=0.9 keeps rollouts off the teacher's "
-                    "unsupported tail", view="training"))
-    trend = mismatch.response_length_trend(metrics)
-    stats = trend.attrs
-    cap = config.get("max_new_tokens")
-    at_cap = _finite(cap) and _finite(stats.get("last_mean")) and stats["last_mean"] >= t.length_cap_share * cap
-    grew = _finite(stats.get("ratio")) and stats["ratio"] >= t.length_ratio_warning
-    # Pinned at the cap after growing at all is a runaway too: the cap hides how far it would have gone.
-    pinned = at_cap and _finite(stats.get("ratio")) and stats["ratio"] >= t.length_cap_min_ratio
-    if stats.get("n", 0) >= 8 and (grew or pinned) and stats["slope"] > 0:
-        found.append(Finding(
-            mode="training", severity="critical" if at_cap else "warning",
-            title=(f"response length running away: {stats['first_mean']:.0f} -> {stats['last_mean']:.0f} tokens"
-                   + (" (at max_new_tokens)" if at_cap else "")),
-            evidence={"check": "length_runaway", "first_mean": _num(stats["first_mean"]),
-                      "last_mean": _num(stats["last_mean"]), "ratio": _num(stats["ratio"]),
-                      "slope_per_step": _num(stats["slope"]), "max_new_tokens": cap},
-            fix="mask_special_tokens=true and mask_after_eos=true (a mismatched EOS teaches the student not to "
-                "stop); objective=topk_support gives shorter responses", view="mismatch"))
-    if "eval_accuracy" in metrics:
-        evals = metrics[["step", "eval_accuracy"]].copy()
-        evals["eval_accuracy"] = pd.to_numeric(evals["eval_accuracy"], errors="coerce")
-        evals = evals.dropna()
-        if len(evals) >= 3:
-            acc = evals["eval_accuracy"].to_numpy(dtype=float)
-            best = int(np.argmax(acc))
-            drop = acc[best] - acc[-1]
-            if drop >= t.eval_drop_warning and acc[-1] < acc[0]:
-                best_step = int(evals["step"].iloc[best])
-                found.append(Finding(
-                    mode="training", severity="warning",
-                    title=f"eval accuracy falling: {acc[best]:.2f} at step {best_step}, {acc[-1]:.2f} now",
-                    evidence={"check": "eval_falling", "first": _num(acc[0]), "best": _num(acc[best]),
-                              "best_step": best_step, "last": _num(acc[-1])},
-                    fix=f"a lower learning_rate; fork from the checkpoint nearest step {best_step} "
-                        "(opd-lab runs fork RUN --step S); objective=topk_support", view="training"))
-    return found
-
-
-def check_tokenizer_pair(metrics: pd.DataFrame, alignment: dict | None, t: Thresholds = THRESHOLDS) -> list[Finding]:
-    """Cross-tokenizer coverage (share of student tokens the teacher's tokens do not tile exactly, masked as
-    ``unaligned``) and the pair's warnings from alignment.json (a side without a chat template, an EOS
-    that is not the end of turn)."""
-    found: list[Finding] = []
-    if "align_unaligned_share" in metrics:
-        shares = {k: pd.to_numeric(metrics[k], errors="coerce").mean() for k in
-                  ("align_one_to_one_share", "align_multi_token_share", "align_unaligned_share") if k in metrics}
-        unaligned = shares.get("align_unaligned_share")
-        if _finite(unaligned) and unaligned >= t.unaligned_warning:
-            found.append(Finding(
-                mode="mismatch", severity="critical" if unaligned >= t.unaligned_critical else "warning",
-                title=(f"{unaligned:.0%} of the student's tokens have no teacher tokens tiling them exactly: "
-                       "masked as unaligned, so they teach nothing"),
-                evidence={k: _num(v) for k, v in shares.items()},
-                fix="a teacher whose tokenizer splits text more like the student's (see opd-lab tokenizers "
-                    "compare); objective=sampled_token also learns on multi-token spans",
-                view="mismatch"))
-    for warning in (alignment or {}).get("warnings") or []:
-        found.append(Finding(mode="mismatch", severity="info", title=str(warning), evidence={},
-                             fix="a checkpoint with a chat template (an instruct model), or accept the raw "
-                                 "prompt format", view="mismatch"))
-    return found
 
 
 _SETTING = re.compile(r"([A-Za-z_][\w.]*)=([\w.+-]+)")
