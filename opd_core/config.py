@@ -324,6 +324,23 @@ def _check_task(value: str) -> None:
         raise ConfigError(f"config field 'task': {value!r} is not a file; give a JSONL file of prompts or toy:addition")
 
 
+def objective_params_table(value: Any) -> dict:
+    """``objective_params`` in any documented form (a table, a JSON string, nothing) as a dict, or one line
+    saying how to write it."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"config field 'objective_params': {value!r} is not a JSON object; "
+                              'write e.g. {"k": 16} or set one parameter with --set k=16') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field 'objective_params': {value!r} is not a table of name = value; "
+                          'write e.g. {"k": 16}')
+    return dict(value)
+
+
 def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
     """Build and validate a config; unknown fields, wrong types and out-of-range values are one-line errors."""
     if not isinstance(data, dict):
@@ -331,16 +348,7 @@ def from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
                           'write e.g. {"steps": 20}')
     data = dict(data)
     # Objective parameters may be given at top level (`--set k=16`, `gamma = 0.5`) for convenience.
-    raw_params = data.pop("objective_params", None) or {}
-    if isinstance(raw_params, str):
-        try:
-            raw_params = json.loads(raw_params)
-        except json.JSONDecodeError:
-            raise ConfigError(f"config field 'objective_params': {raw_params!r} is not a JSON object; "
-                              'write e.g. {"k": 16} or set one parameter with --set k=16') from None
-    if not isinstance(raw_params, dict):
-        raise ConfigError(f"config field 'objective_params': {raw_params!r} is not a table of name = value")
-    params = dict(raw_params)
+    params = objective_params_table(data.pop("objective_params", None))
     for key in objective_param_names():
         if key in data:
             params[key] = data.pop(key)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from opd_core.config import GROUPS, ConfigError, RunConfig, field_docs, from_dict
+from opd_core.config import GROUPS, ConfigError, RunConfig, field_docs, from_dict, objective_params_table
 
 
 def merge_config(data: dict, changes: dict | list[str] | tuple[str, ...]) -> dict:
@@ -26,25 +26,10 @@ def merge_config(data: dict, changes: dict | list[str] | tuple[str, ...]) -> dic
     out = dict(data)
     extra = dict(changes)
     if "objective_params" in extra:
-        out["objective_params"] = {**_params_table(out.get("objective_params")),
-                                   **_params_table(extra.pop("objective_params"))}
+        out["objective_params"] = {**objective_params_table(out.get("objective_params")),
+                                   **objective_params_table(extra.pop("objective_params"))}
     out.update(extra)
     return out
-
-
-def _params_table(value: Any) -> dict:
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ConfigError(f"config field 'objective_params': {value!r} is not a JSON object; "
-                              'write e.g. {"k": 16} or set one parameter with --set k=16') from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"config field 'objective_params': {value!r} is not a table of name = value; "
-                          'write e.g. {"k": 16}')
-    return dict(value)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -56,9 +41,9 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         key = key.strip()
         if key.startswith("objective_params."):
-            out["objective_params"] = {**_params_table(out.get("objective_params")), key.split(".", 1)[1]: value}
+            out["objective_params"] = {**objective_params_table(out.get("objective_params")), key.split(".", 1)[1]: value}
         elif key == "objective_params":
-            out["objective_params"] = {**_params_table(out.get("objective_params")), **_params_table(value)}
+            out["objective_params"] = {**objective_params_table(out.get("objective_params")), **objective_params_table(value)}
         else:
             out[key] = value
     return out

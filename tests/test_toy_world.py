@@ -99,7 +99,8 @@ def test_shipped_assets_record_their_metrics():
     assert set(metrics["models"]) == {"student", "teacher", "teacher_mismatched"}
     assert metrics["models"]["teacher"]["eval_accuracy"] > ACCURACY_THRESHOLD
     assert metrics["models"]["student"]["eval_accuracy"] < ACCURACY_THRESHOLD
-    assert set(PRESETS) == {"toy:matched", "toy:mismatched"} and resolve_pair("gpt2") is None
+    assert set(PRESETS) == {"toy:matched", "toy:mismatched", "toy:matched-v2", "toy:mismatched-v2"}
+    assert resolve_pair("gpt2") is None
 
 
 @pytest.fixture(scope="module")
