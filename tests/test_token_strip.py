@@ -144,3 +144,16 @@ def test_pieces_are_separate_boxes_even_when_a_piece_is_a_separator() -> None:
     out = pieces_html(["a", " | ", "b"], ["a", "b"])
     assert out.count("<span class='opd-piece") == 3 and "·|·" in out
     assert out.count("opd-piece opd-piece-diff") == 1  # " | " is the only piece the other side lacks
+
+
+def test_teacher_pieces_and_retokenisation_boxes_escape_hostile_text() -> None:
+    """The teacher strip and the re-tokenisation boxes render untrusted pieces as text, never as markup."""
+    from app.token_strip import pieces_html, teacher_strip_html
+
+    evil = [SCRIPT, '<img src=x onerror="alert(1)">']
+    strip = teacher_strip_html(pd.DataFrame({"pos": [0, 1], "token": evil,
+                                             "teacher_pieces": [[SCRIPT], ["<img", ' src=x onerror="alert(1)">']]}))
+    boxes = pieces_html(evil, [SCRIPT])
+    for out in (strip, boxes):
+        assert "<script>" not in out and "<img" not in out
+        assert "&lt;script&gt;" in out and "&lt;img" in out
