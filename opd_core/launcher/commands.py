@@ -74,9 +74,7 @@ def stop(run_dir: str | Path) -> dict:
     with queue_lock(run_dir.parent):
         status = runs.read_status(run_dir)
         state = status["state"]
-        if status.get("elsewhere"):
-            raise LauncherError(f"run {run_dir.name} is {state} elsewhere (host {status['elsewhere']}); "
-                                "it cannot be stopped from this machine: stop it on that host")
+        _refuse_elsewhere(run_dir, status, "it cannot be stopped from this machine: stop it on that host")
         if state == "queued" and status.get("pid") is None:
             return runs.write_status(run_dir, state="stopped", finished_at=time.time(), error=None)
         if state not in ("running", "queued"):
@@ -88,15 +86,20 @@ def stop(run_dir: str | Path) -> dict:
     return runs.read_status(run_dir)
 
 
+def _refuse_elsewhere(run_dir: Path, status: dict, what_to_do: str) -> None:
+    """A run recorded as active on another host is that host's to stop or resume, never this machine's."""
+    if status.get("elsewhere"):
+        raise LauncherError(f"run {run_dir.name} is {status['state']} elsewhere (host {status['elsewhere']}); "
+                            f"{what_to_do}")
+
+
 def resume(run_dir: str | Path, *, max_concurrent: int | None = None) -> Path:
     """Queue a stopped or failed run to continue from its latest checkpoint (from the start if it has none)."""
     run_dir = Path(run_dir)
     with queue_lock(run_dir.parent):
         status = runs.read_status(run_dir)
         state = status["state"]
-        if status.get("elsewhere"):
-            raise LauncherError(f"run {run_dir.name} is {state} elsewhere (host {status['elsewhere']}); "
-                                "resume it on that host")
+        _refuse_elsewhere(run_dir, status, "resume it on that host")
         if state not in ("stopped", "failed"):
             hint = ("fork it with more steps: `opd-lab runs fork RUN --set steps=N`" if state == "finished"
                     else "wait for it, or stop it first")
