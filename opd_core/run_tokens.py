@@ -1,6 +1,7 @@
 """The per-token records of a run directory: ``tokens/step_NNNNNN.parquet``, one file per logged step.
 
-Written atomically (temporary file + rename), one writer (:func:`write_token_records`). Read per file:
+Written atomically (temporary file + rename), by one writer (:func:`write_token_records`, or
+:func:`write_token_stream` where a step arrives in batches). Read per file:
 a damaged file (0 bytes, garbage, a directory, a column of another type than the other files) is
 skipped and named as a :class:`~opd_core.runs.RunFileError`, so the other steps still read.
 """
@@ -31,12 +32,23 @@ def token_file(run_dir: str | Path, step: int) -> Path:
 def write_token_records(run_dir: str | Path, step: int, records: pd.DataFrame | pa.Table) -> Path:
     """Write one logged step's per-token records as Parquet, atomically (temp file + rename)."""
     table = records if isinstance(records, pa.Table) else pa.Table.from_pandas(records, preserve_index=False)
+    return write_token_stream(run_dir, step, table.schema, [table])
+
+
+def write_token_stream(run_dir: str | Path, step: int, schema: pa.Schema, tables: Iterable[pa.Table]) -> Path:
+    """Write one step's token file from ``tables`` streamed in order (one in memory at a time), atomically.
+
+    Used where a step's records arrive in batches (re-scoring): the file appears whole or not at all,
+    so a kill mid-write never leaves a half step for the readers.
+    """
     path = token_file(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table.cast(schema))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

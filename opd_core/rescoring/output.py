@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from opd_core import runs
 from opd_core.config import RunConfig
 from opd_core.rescoring.inputs import RolloutSet
+from opd_core.run_tokens import write_token_stream
 
 SCORING_FILE = "scoring.json"
 PARTS_DIR = ".scoring"
@@ -77,13 +78,7 @@ def merge_parts(run_dir: Path, step: int, n_chunks: int) -> Path:
     """Stream a step's parts into its token file (atomic rename), one part in memory at a time."""
     parts = [part_file(run_dir, step, c) for c in range(n_chunks)]
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-    target = runs.token_file(run_dir, step)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        for p in parts:
-            writer.write_table(pq.read_table(p).cast(schema))
-    os.replace(tmp, target)
+    target = write_token_stream(run_dir, step, schema, (pq.read_table(p) for p in parts))
     for p in parts:
         p.unlink(missing_ok=True)
     parts[0].parent.rmdir()
