@@ -132,6 +132,7 @@ class TokenizerPair:
         self.student_strings = s_vocab.texts   # decoded text of each id (what people read)
         self.student_raw = s_vocab.raw         # the vocabulary string, for those who ask
         self._teacher_texts = vocabulary(teacher_tok).texts
+        self.teacher_strings = self._teacher_texts  # decoded text of each teacher id (its own top-K's words)
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
 
     def warnings(self) -> list[str]:

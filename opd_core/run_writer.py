@@ -60,6 +60,7 @@ class TokenRows:
     samples: Sequence[SampleInfo] | None = None
     id_to_string: Callable[[int], str] | Mapping[int, str] | Sequence[str] | None = None
     topk_strings: bool = False                     # also write teacher/student_topk_tokens
+    teacher_id_to_string: Callable[[int], str] | Mapping[int, str] | Sequence[str] | None = None  # cross-tokenizer
 
 
 def masked_reason(masks: Mapping[str, np.ndarray], n: int) -> np.ndarray:
@@ -184,10 +185,32 @@ def token_table(step: int, stats: TokenStats, rows: TokenRows) -> pa.Table:
             for name in ("teacher_topk_ids", "teacher_topk_logps", "teacher_topk_tokens"):
                 if name in out and not keep.all():
                     out[name] = _keep_lists(out[name], keep)
+    if "teacher_own_topk_ids" in host:
+        out["teacher_own_topk"] = own_topk_column(host["teacher_own_topk_ids"][b, t],
+                                                  host["teacher_own_topk_logps"][b, t],
+                                                  _lookup(rows.teacher_id_to_string))
     if samples is not None:
         _sample_columns(out, samples, b, t)
     out["response_len"] = real.sum(1)[b].astype(np.int64)
     return pa.table(out)
+
+
+OWN_TOPK_TYPE = pa.list_(pa.struct([("id", pa.int64()), ("text", pa.string()), ("logp", pa.float32())]))
+
+
+def own_topk_column(ids: np.ndarray, logps: np.ndarray, lookup: Callable[[int], str]) -> pa.Array:
+    """``teacher_own_topk``: per token a list of {id, text, logp} in the teacher's own vocabulary ([n, K] ids,
+    -1 = no entry, dropped; an empty list where the teacher had no position scoring the token)."""
+    ids = ids.astype(np.int64)
+    keep = ids >= 0
+    uniq = np.unique(ids[keep])
+    text = dict(zip(uniq.tolist(), (lookup(int(i)) for i in uniq)))
+    flat_ids = ids[keep]
+    values = pa.StructArray.from_arrays(
+        [pa.array(flat_ids, type=pa.int64()), pa.array([text[i] for i in flat_ids.tolist()], type=pa.string()),
+         pa.array(logps.astype(np.float32)[keep], type=pa.float32())], names=["id", "text", "logp"])
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values).cast(OWN_TOPK_TYPE)
 
 
 def _keep_lists(lists: pa.Array, keep: np.ndarray) -> pa.Array:

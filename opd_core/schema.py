@@ -15,6 +15,11 @@ TOKEN_COLUMNS: tuple[str, ...] = (
     "signal", "token_loss", "drift",
 )
 
+# Token columns only a cross-tokenizer run writes (student and teacher tokenize differently):
+# ``teacher_own_topk``, the teacher's own top-K as a list of {id, text, logp} in its own vocabulary (never
+# mapped onto the student's) at the teacher position that scores the token (its first teacher piece).
+CROSS_TOKENIZER_COLUMNS: tuple[str, ...] = ("teacher_own_topk",)
+
 # Per-step metric names promised likewise (a step may omit the ones it did not measure, e.g. eval).
 METRIC_COLUMNS: tuple[str, ...] = (
     "step", "time_s", "loss", "reverse_kl", "forward_kl", "grad_norm", "lr", "tokens",

@@ -80,6 +80,10 @@ class TeacherScores:
     logits: torch.Tensor         # [B, T, V_student] teacher logits in the student's vocabulary
     aligned: torch.Tensor        # [B, T] bool: 1:1, the full distribution above is meaningful here
     kind: torch.Tensor | None = None  # [B, T] int8: 0 unaligned, 1 one-to-one, 2 multi-token span
+    # Cross-tokenizer pairs, when asked (logging steps): the teacher's own top-K in its own vocabulary at the
+    # teacher position that scores each student token (its first piece), never mapped; ids -1 where none.
+    own_topk_ids: torch.Tensor | None = None    # [B, T, K] int64 teacher ids
+    own_topk_logps: torch.Tensor | None = None  # [B, T, K] float32 log p_T
 
     def unaligned(self, real: torch.Tensor, full_distribution: bool) -> torch.Tensor:
         """Real tokens with no teacher number the objective can use: reason ``unaligned``.
@@ -105,11 +109,13 @@ class TeacherScores:
 
 @torch.no_grad()
 def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch: SequenceBatch,
-                  temperature: float = 1.0) -> TeacherScores:
+                  temperature: float = 1.0, own_top_k: int = 0) -> TeacherScores:
     """Run the teacher over its own reading of each response (see ``opd_core.pairing``).
 
     ``temperature`` divides the teacher's logits before anything is derived from them (the run's
     ``score_temperature``), so its log-probs are those of softmax(z / temperature) in its own vocabulary.
+    ``own_top_k`` > 0 (logging steps of a cross-tokenizer pair) also keeps the teacher's unmapped top-K at the
+    position that scores each student token (:func:`own_topk`), which the inspector shows in its own words.
     """
     device = student_batch.response_ids.device
     B, T = student_batch.response_ids.shape
@@ -154,4 +160,35 @@ def score_teacher(pair, teacher: torch.nn.Module, views: Sequence, student_batch
         logits[torch.tensor(rows_b, device=device), torch.tensor(rows_i, device=device)] = proj
         aligned[torch.tensor(rows_b, device=device), torch.tensor(rows_i, device=device)] = True
     kind = kind.masked_fill(~real, 0)
-    return TeacherScores(sampled, logits, aligned & real, kind)
+    own_ids, own_logps = own_topk(t_logits, views, (B, T), own_top_k) if own_top_k > 0 else (None, None)
+    return TeacherScores(sampled, logits, aligned & real, kind, own_ids, own_logps)
+
+
+def own_topk(t_logits: torch.Tensor, views: Sequence, shape: tuple[int, int], k: int) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """The teacher's top-K (ids in its own vocabulary, log-probs) at the first teacher token credited to each
+    student token: the position whose prediction scores that token's text (ids -1, log-probs NaN where none).
+
+    For a student special token the teacher reads as literal text, this is the distribution the teacher
+    really had there (its own end token, say), not the one mapped onto the student's vocabulary.
+    """
+    B, T = shape
+    k = min(k, t_logits.shape[-1])
+    ids = torch.full((B, T, k), -1, dtype=torch.long, device=t_logits.device)
+    logps = torch.full((B, T, k), float("nan"), dtype=torch.float32, device=t_logits.device)
+    rows_b, rows_i, rows_j = [], [], []
+    for b, v in enumerate(views):
+        seen: set[int] = set()
+        for j, i in enumerate(v.owner):
+            if 0 <= i < T and i not in seen and j < t_logits.shape[1]:
+                seen.add(i)
+                rows_b.append(b)
+                rows_i.append(i)
+                rows_j.append(j)
+    if rows_b:
+        bi = torch.tensor(rows_b, device=t_logits.device)
+        ii = torch.tensor(rows_i, device=t_logits.device)
+        picked = t_logits[bi, torch.tensor(rows_j, device=t_logits.device)].float()
+        top, idx = picked.log_softmax(-1).topk(k, dim=-1)
+        ids[bi, ii], logps[bi, ii] = idx, top
+    return ids, logps

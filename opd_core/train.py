@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,11 @@ class Trainer:
                        {ex.prompt: ex for ex in examples})
 
     # ------------------------------------------------------------------ score
-    def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool, head: bool = False) -> Scored:
+    def score(self, prompts: list[str], responses: list[list[int]], *, grad: bool, head: bool = False,
+              logged: bool = False) -> Scored:
         """One student forward (with grad when training; with ``head`` its hidden states, not its logits)
-        and one teacher forward over the same responses."""
+        and one teacher forward over the same responses; ``logged`` (a batch whose tokens are written) also
+        keeps a cross-tokenizer teacher's own top-K (``scoring.own_topk``)."""
         responses = [r if r else [self.pair.student_eos_ids[0]] for r in responses]
         prompt_ids = [self.pair.student_prompt_ids(p) for p in prompts]
         batch = build_batch(prompt_ids, responses, self.pair.student_pad_id, self.device)
@@ -160,7 +163,8 @@ class Trainer:
                 s_logits = None if s_head else response_logits(self.student.model, batch, self.pair.student_vocab_size)
                 if tau != 1.0:  # never on a fast-path step (fast_paths.plan)
                     s_logits = s_logits / tau
-            t_scores = score_teacher(self.pair, self.teacher.model, views, batch, temperature=tau)
+            t_scores = score_teacher(self.pair, self.teacher.model, views, batch, temperature=tau,
+                                     own_top_k=self.cfg.log_top_k if logged else 0)
         ids, real = batch.response_ids, batch.response_mask
         eos = torch.isin(ids, self._id_tensor(self.pair.student_eos_ids)) & real
         special = torch.isin(ids, self._id_tensor(self.pair.special_ids)) & real
@@ -241,7 +245,8 @@ class Trainer:
             rollout = self.draw_rollout(step)
         with timed(timings, "t_score"):
             sc = self.score(rollout.prompts, rollout.responses, grad=True,
-                            head=self.fast_path is not None and not self.is_log_step(step))
+                            head=self.fast_path is not None and not self.is_log_step(step),
+                            logged=self.is_log_step(step))
         self._check_finite(step, "student logits", sc.student_logits if sc.head is None else sc.head.hidden,
                            "the student's weights diverged "
                            "(learning rate too high?) or the input contains NaN")
@@ -291,6 +296,9 @@ class Trainer:
                                        rollout_temperature=self.cfg.temperature / self.cfg.score_temperature_value,
                                        nucleus_p=self.cfg.nucleus_p,
                                        signal=out.signal, token_loss=out.loss, token_value=out.value)
+        if sc.teacher.own_topk_ids is not None:
+            record = replace(record, teacher_own_topk_ids=sc.teacher.own_topk_ids,
+                             teacher_own_topk_logps=sc.teacher.own_topk_logps)
         return sc.teacher.no_number_where_unaligned(record, sc.batch.response_mask)
 
     def grade(self, prompts: list[str], responses: list[list[int]], examples_by_prompt: dict) -> tuple[list, list]:
@@ -320,7 +328,8 @@ class Trainer:
                          special=pick(sc.special), eos=pick(sc.eos),
                          masks={k: pick(v) for k, v in sc.masks.items()}, prefix_source=source,
                          reference_only=reference, sample_offset=offset, sample_ids=rows, samples=infos,
-                         id_to_string=self.pair.student_strings, topk_strings=True)
+                         id_to_string=self.pair.student_strings, topk_strings=True,
+                         teacher_id_to_string=None if self.pair.shared else self.pair.teacher_strings)
 
     # ------------------------------------------------------------------ reference rollouts and logging
     def is_log_step(self, step: int) -> bool:
@@ -332,7 +341,7 @@ class Trainer:
         the drift diagnostics compare the student's prefixes against."""
         prompts = list(dict.fromkeys(rollout.prompts))
         responses = self.rollout(prompts, "teacher", self._sampling(1.0, 0))
-        ref = self.score(prompts, responses, grad=False)
+        ref = self.score(prompts, responses, grad=False, logged=True)
         with torch.no_grad():
             out = self.objective(ref)
         grades, texts = self.grade(prompts, ref.responses, rollout.examples)

@@ -39,7 +39,7 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
     cfg = from_dict({"top_p": 0.9, "temperature": 1.0, "log_top_k": K, "nucleus_p": 0.8})
     trainer = Trainer.__new__(Trainer)  # the loop's own methods, without loading models
     trainer.cfg, trainer.support_k, trainer.needs = cfg, K, TeacherNeeds.TOPK
-    trainer.pair = SimpleNamespace(student_strings=[str(i) for i in range(V)])
+    trainer.pair = SimpleNamespace(student_strings=[str(i) for i in range(V)], shared=True)
     ids, real = batch.response_ids, batch.response_mask
     eos = (ids == EOS) & real
     special = torch.isin(ids, torch.tensor(SPECIAL)) & real
@@ -131,3 +131,27 @@ def test_a_sparse_view_gives_the_dense_record_where_the_lists_reach():
     assert math.isclose(float(dense.overlap_mass_student.mean()), 1.0, rel_tol=1e-5)  # K = V: every id shared
     table = token_table(0, sparse, TokenRows(ids, torch.ones(2, 4, dtype=torch.bool), ids == 0, ids == 1))
     assert "teachability" not in table.column_names and "overlap_mass_student" in table.column_names
+
+
+def test_teacher_own_topk_is_written_in_the_teachers_words_and_empty_where_no_teacher_position():
+    """The cross-tokenizer column: per token a list of {id, text, logp} from the teacher's own vocabulary."""
+    responses, batch, s_logits, t_logits = _tensors()
+    B, T = batch.response_ids.shape
+    stats = dense_token_stats(s_logits, t_logits, batch.response_ids)
+    own_ids = torch.full((B, T, 3), -1, dtype=torch.long)
+    own_lps = torch.full((B, T, 3), float("nan"))
+    own_ids[0, 0] = torch.tensor([7, 3, 9])
+    own_lps[0, 0] = torch.tensor([-0.1, -2.5, -4.0])
+    stats.teacher_own_topk_ids, stats.teacher_own_topk_logps = own_ids, own_lps
+    teacher_words = {7: "</s>", 3: "<", 9: "Ġdo"}
+    rows = TokenRows(token_ids=batch.response_ids, real=batch.response_mask, special=batch.response_mask & False,
+                     eos=batch.response_ids == EOS, teacher_id_to_string=teacher_words)
+    table = token_table(4, stats, rows).to_pandas()
+    first = table[(table["sample"] == 0) & (table["pos"] == 0)].iloc[0]["teacher_own_topk"]
+    assert [(e["id"], e["text"]) for e in first] == [(7, "</s>"), (3, "<"), (9, "Ġdo")]
+    assert [round(float(e["logp"]), 3) for e in first] == [-0.1, -2.5, -4.0]
+    others = table[~((table["sample"] == 0) & (table["pos"] == 0))]["teacher_own_topk"]
+    assert len(others) == int(batch.response_mask.sum()) - 1 and all(len(x) == 0 for x in others)
+    # a run with one tokenizer never gets the column
+    assert "teacher_own_topk" not in token_table(4, dense_token_stats(s_logits, t_logits, batch.response_ids),
+                                                 rows).column_names

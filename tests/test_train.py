@@ -302,3 +302,21 @@ def test_bf16_autocast_runs_forwards_in_bfloat16_and_keeps_float32_weights_and_l
 
     assert {v.dtype for v in load_file(str(run / "checkpoints" / "step_000002" / "student.safetensors")).values()} \
         == {torch.float32}
+
+
+def test_cross_tokenizer_run_logs_the_teachers_own_topk_at_the_literal_eos(tmp_path):
+    """The toy teacher never ends with <|im_end|>: at the position that scores it, its own top-1 is its own
+    end token (unmapped), while teacher_logp scores the literal text; a 1:1 token's own top-K holds its piece."""
+    run = train(_cfg(steps=1, reference_rollouts=False, temperature=0.7), tmp_path)
+    t = runs.read_tokens(run)
+    assert "teacher_own_topk" in t.columns
+    eos = t[t["is_eos"]]
+    assert len(eos)
+    for rec in eos.to_dict("records"):
+        own = list(rec["teacher_own_topk"])
+        assert own and own[0]["text"] == "</s>" and own[0]["logp"] > -0.5   # the teacher's own end, unmapped
+        assert rec["teacher_logp"] < own[0]["logp"] - 4                    # the literal text scored far lower
+    one = t[(t["aligned"]) & ~t["is_eos"]].iloc[0]
+    own = {e["text"]: e["logp"] for e in one["teacher_own_topk"]}
+    if one["teacher_pieces"][0] in own:
+        assert math.isclose(own[one["teacher_pieces"][0]], one["teacher_logp"], abs_tol=1e-3)

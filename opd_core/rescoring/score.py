@@ -194,7 +194,7 @@ class Scorer:
         keys = [self.prompt_key(r) for r in batch]
         responses = [self.response_ids(r) for r in batch]
         self._check_length(keys, responses, batch)
-        sc = t.score(keys, responses, grad=False)
+        sc = t.score(keys, responses, grad=False, logged=True)
         out = t.objective(sc)
         grades = [Grade(bool(r.correct), True, None) for r in batch]
         texts = [t.student.tokenizer.decode(resp, skip_special_tokens=True) for resp in sc.responses]

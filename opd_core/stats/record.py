@@ -73,6 +73,10 @@ class TokenStats:
     teacher_topk_logps: Tensor | None = None
     student_topk_ids: Tensor | None = None
     student_topk_logps: Tensor | None = None
+    # Cross-tokenizer runs only: the teacher's own top-K, in its own vocabulary (never mapped onto the
+    # student's), at the teacher position that scores the token (``scoring.own_topk``); ids -1 where none.
+    teacher_own_topk_ids: Tensor | None = None
+    teacher_own_topk_logps: Tensor | None = None
 
     def rows(self, index: Sequence[int] | Tensor) -> TokenStats:
         """The same record for a subset of the batch rows (the responses that get logged)."""
