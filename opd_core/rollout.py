@@ -1,8 +1,15 @@
 """Batched rollouts: sample responses from a model for a batch of prompts (KV-cached, padding-aware).
 
-Sampling itself is Hugging Face's ``generate`` (KV cache, temperature, top-p, top-k, EOS stop); this
-module only prepares left-padded batches, pins every sampling knob explicitly (a checkpoint's own
-generation_config must not silently add top-k=50), and cuts each response at its first EOS.
+Sampling runs inside Hugging Face's ``generate`` (KV cache, EOS stop) with HF's own temperature, top-k
+and top-p warpers, so the distribution sampled from is exactly theirs; this module prepares left-padded
+batches, pins every sampling knob explicitly (a checkpoint's own generation_config must not silently add
+top-k=50), and cuts each response at its first EOS.
+
+The draw itself is ours (:class:`InverseCdfSampler`): ``torch.multinomial`` draws one exponential
+variate per vocabulary entry per token (argmax of p / Exp(1)), which at V = 32,768 was 18% of a whole
+training step on CPU (49 ms per token for 32 rows); inverse-CDF sampling draws one uniform per row and
+costs a cumulative sum (about 20x cheaper). Both sample exactly the warped distribution, but they consume
+the random stream differently, so a seed gives other (equally distributed) tokens than ``multinomial``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 
 class NonFiniteSamplingError(RuntimeError):
@@ -42,6 +50,40 @@ class Sampling:
     top_k: int = 0
     max_new_tokens: int = 32
     greedy: bool = False
+
+
+class InverseCdfSampler(LogitsProcessor):
+    """The last processor of a sampling ``generate``: draws the next token from softmax(scores) by inverse CDF
+    and returns scores that are 0 there and -inf elsewhere, so ``generate``'s greedy argmax takes it.
+
+    One uniform per row (float64 cumulative sum, searched on the right so a zero-probability token is never
+    drawn) instead of ``multinomial``'s one exponential per vocabulary entry; see the module docstring.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:  # noqa: ARG002
+        probs = torch.softmax(scores.float(), dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            # the words of torch.multinomial's error, which sample_responses turns into NonFiniteSamplingError
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+        cdf = probs.double().cumsum_(-1)
+        total = cdf[:, -1:]
+        u = torch.rand(total.shape, dtype=torch.float64, device=scores.device) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total: a positive-mass token
+        picked = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, picked, 0.0)
+
+
+def sampling_processors(sampling: Sampling) -> LogitsProcessorList:
+    """HF's warpers in HF's order (temperature, top-k, top-p; what ``do_sample=True`` would add), then the draw."""
+    procs = LogitsProcessorList()
+    if sampling.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k:
+        procs.append(TopKLogitsWarper(top_k=sampling.top_k, min_tokens_to_keep=1))
+    if sampling.top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p=sampling.top_p, min_tokens_to_keep=1))
+    procs.append(InverseCdfSampler())
+    return procs
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,16 +127,19 @@ def sample_responses(
     eos = {int(e) for e in eos_ids}
     rows = model.get_output_embeddings().weight.shape[0]
     padding_ids = list(range(vocab_size, rows)) if vocab_size is not None and rows > vocab_size else None
+    # greedy decoding as far as generate knows: the sampling is in the processors (temperature, top-k, top-p
+    # as HF applies them, then InverseCdfSampler), after the suppression of padding rows
     gen = GenerationConfig(
-        do_sample=not sampling.greedy,
-        temperature=sampling.temperature if not sampling.greedy else None,
-        top_p=sampling.top_p if not sampling.greedy else None,
-        top_k=sampling.top_k if not sampling.greedy else None,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
         max_new_tokens=sampling.max_new_tokens,
         eos_token_id=sorted(eos),
         pad_token_id=pad_id,
         suppress_tokens=padding_ids,
     )
+    processors = None if sampling.greedy else sampling_processors(sampling)
     responses: list[list[int]] = []
     ended: list[bool] = []
     was_training = model.training
@@ -104,7 +149,8 @@ def sample_responses(
             chunk = prompt_ids[start:start + batch_size]
             ids, mask = left_pad(chunk, pad_id, device)
             try:
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
+                                     logits_processor=processors)
             except RuntimeError as exc:
                 if "probability tensor contains" not in str(exc):
                     raise
