@@ -27,7 +27,7 @@ MISMATCH_COLUMNS = tuple(dict.fromkeys((*mismatch.COLUMNS, "token_id")))
 INSPECTOR_COLUMNS = tuple(dict.fromkeys((
     *TOKEN_COLUMNS, "is_eos", "teacher_topk_tokens", "student_topk_tokens", "tokens_since_off_support",
     "prefix_wrong", "student_support_mass", "topk_overlap", "teacher_token", "reference_only", "response_text",
-    "prompt", "correct", "reward", "format_ok", "teacher_pieces", "token_raw", "aligned", "masked_reason")))
+    "prompt", "correct", "reward", "format_ok", "teacher_pieces", "token_raw", "aligned", "masked_reason", "teacher_own_topk")))
 DEFAULT_STEP_WINDOW = 8
 
 

@@ -56,6 +56,7 @@ STRIP_CSS = """
 .opd-tip th,.opd-tip td{padding:1px 6px;text-align:left;border-bottom:1px solid #f3f4f6;white-space:pre;}
 .opd-tip td.num{text-align:right;font-variant-numeric:tabular-nums;}
 .opd-tip tr.opd-hit td{font-weight:700;}
+.opd-tip .opd-own{margin-top:0.35rem;padding-top:0.25rem;border-top:1px solid #d1d5db;}
 .opd-legend{display:flex;align-items:center;gap:0.5rem;font-size:0.8rem;color:#374151;margin:0.2rem 0 0.4rem;}
 .opd-legend .bar{height:0.7rem;width:14rem;border-radius:3px;border:1px solid #d1d5db;}
 .opd-legend .chip{display:inline-block;width:0.9rem;height:0.9rem;border-radius:3px;vertical-align:middle;
@@ -195,6 +196,26 @@ def candidates(row: pd.Series | dict, k: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(_candidate_rows(row, k), columns=CANDIDATE_COLUMNS)
 
 
+def own_topk(row: dict | pd.Series) -> list[tuple[str, float]]:
+    """The teacher's own top-K at a token (``teacher_own_topk``: its vocabulary, never mapped onto the
+    student's) as (its piece's text, probability) pairs, best first; [] when the run did not log it."""
+    entries = row.get("teacher_own_topk")
+    if entries is None or isinstance(entries, str | float | bytes):
+        return []
+    out = []
+    for e in entries:
+        if isinstance(e, dict) and e.get("logp") is not None and math.isfinite(float(e["logp"])):
+            out.append((str(e.get("text") or ""), math.exp(float(e["logp"]))))
+    return out
+
+
+def own_candidates(row: dict | pd.Series, k: int | None = None) -> pd.DataFrame:
+    """The teacher's own top-K at one position as a table (rank, the teacher's piece, p), in its own words."""
+    pairs = own_topk(row)[:k]
+    return pd.DataFrame([(i + 1, text, p) for i, (text, p) in enumerate(pairs)],
+                        columns=["rank", "teacher_piece", "teacher_prob"])
+
+
 @dataclass(frozen=True)
 class TeacherReading:
     """How the teacher saw one student token: its own pieces of the same text, and whether the number it
@@ -204,6 +225,7 @@ class TeacherReading:
     literal: bool  # the student's special token reached the teacher as plain text it never emits
     note: str  # plain text, for the hover card and the candidates panel ('' when nothing to say)
     eos_pair: tuple[str, str] | None  # (student EOS, teacher EOS) when they differ: candidates are mapped
+    own: tuple[tuple[str, float], ...] = ()  # the teacher's own top-K there, in its words (own_topk)
 
 
 def cross_tokenizer(alignment: dict | None) -> bool:
@@ -233,22 +255,46 @@ def teacher_reading(row: dict, alignment: dict | None) -> TeacherReading:
     token = row.get("token")
     special = bool(row.get("is_special", False)) or bool(row.get("is_eos", False))
     masked = bool(row.get("masked", False))
-    literal = special and not masked and eos_pair is not None and token == eos_pair[0] and (
+    own = tuple(own_topk(row))
+    eos_literal = eos_pair is not None and token == eos_pair[0] and (
         not pieces or pieces[0] == token or len(pieces) > 1)
+    literal = special and not masked and (eos_literal or len(pieces) > 1)
+    text = ' + '.join(visible(p) for p in pieces) or visible(str(token))
     notes = []
     if literal:
-        notes.append(f"The teacher never ends a reply with {visible(str(token))} (its end token is "
-                     f"{visible(eos_pair[1])}): it scored the student's token as the literal text "
-                     f"{' + '.join(visible(p) for p in pieces) or visible(str(token))}, log p {_fmt(row.get('teacher_logp'))}."
-                     " That number is not comparable with the student's.")
+        if eos_literal:
+            notes.append(f"The teacher never ends a reply with {visible(str(token))} (its end token is "
+                         f"{visible(eos_pair[1])}):")
+        notes.append(f"it scored the student's special token {visible(str(token))} as the literal text "
+                     f"{text}, a string this teacher never uses, log p "
+                     f"{_fmt(row.get('teacher_logp'))}. That number is not comparable with the student's.")
+        if own:
+            notes.append("What the teacher expected there, in its own vocabulary: " + ", ".join(
+                f"{visible(t)} p {_fmt(p, 2)}" for t, p in own[:3]) + ".")
+        notes[0] = notes[0][0].upper() + notes[0][1:]
     elif len(pieces) > 1:
         notes.append(f"The teacher reads this text as {len(pieces)} tokens of its own; its log p is their sum.")
     elif pieces and pieces[0] != token:
         notes.append(f"The teacher read a different string here: {visible(pieces[0])}.")
     if eos_pair is not None:
-        notes.append(f"The teacher's candidates are its own distribution mapped onto the student's vocabulary "
-                     f"by meaning: its {visible(eos_pair[1])} is listed as {visible(eos_pair[0])}.")
-    return TeacherReading(pieces, literal, " ".join(notes), eos_pair)
+        notes.append(f"The teacher column of the candidates is its distribution mapped onto the student's "
+                     f"vocabulary by meaning (its {visible(eos_pair[1])} is listed as {visible(eos_pair[0])})"
+                     + ("; its own top-K, unmapped, is listed separately." if own else "."))
+    return TeacherReading(pieces, literal, " ".join(notes), eos_pair, own)
+
+
+def own_topk_html(reading: TeacherReading, k: int) -> str:
+    """The teacher's own top-K as a small table for a hover card: its pieces as text, with p; the piece it
+    actually scored (the first of this token's teacher pieces) in bold."""
+    if not reading.own:
+        return ""
+    scored = reading.pieces[0] if reading.pieces else None
+    rows = "".join(
+        f"<tr class='{'opd-hit' if text == scored else ''}'><td>{i + 1}</td><td>{display_token(text)}</td>"
+        f"<td class='num'>{_fmt(p, 2)}</td></tr>" for i, (text, p) in enumerate(reading.own[:k]))
+    at = f" before its token {display_token(scored)}" if scored is not None else ""
+    return (f"<div class='opd-own'><b>Teacher's own top-{min(k, len(reading.own))}</b> (its vocabulary, unmapped"
+            f"{at})<table><tr><th>#</th><th>teacher piece</th><th>p</th></tr>{rows}</table></div>")
 
 
 def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> str:
@@ -268,9 +314,10 @@ def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> s
     flags = [name for name in ("masked", "is_special") if bool(row.get(name, False))]
     if flags:
         head += "<br>" + ", ".join(html.escape(f) for f in flags)
+    own = own_topk_html(reading, k)
     cand = _candidate_rows(row, k)
     if not cand:
-        return head + "<br><i>no top-K candidates logged</i>"
+        return head + (own or "<br><i>no top-K candidates logged</i>")
     body = []
     for rank, t_tok, t_p, s_tok, s_p, t_id, s_id in cand:
         hit = sampled_id is not None and (t_id == sampled_id or s_id == sampled_id)
@@ -282,8 +329,9 @@ def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> s
             f"<td>{t_text}</td><td class='num'>{_fmt(t_p, 2)}</td>"
             f"<td>{display_token(s_tok)}</td><td class='num'>{_fmt(s_p, 2)}</td></tr>"
         )
-    return (head + "<table><tr><th>#</th><th>teacher</th><th>p</th><th>student</th><th>p</th></tr>"
-            + "".join(body) + "</table>")
+    teacher_head = "teacher (mapped)" if own else "teacher"
+    return (head + f"<table><tr><th>#</th><th>{teacher_head}</th><th>p</th><th>student</th><th>p</th></tr>"
+            + "".join(body) + "</table>" + own)
 
 
 def legend_html(scale: ColorScale) -> str:
@@ -365,9 +413,24 @@ def colourable_columns(columns: Sequence[str]) -> list[str]:
     return [c for c in preferred if c in present]
 
 
-def teacher_strip_html(tokens: pd.DataFrame) -> str:
+def _teacher_tip(row: dict, alignment: dict | None, k: int) -> str:
+    """The hover card of one group of the teacher strip: the student token, the teacher's pieces and number,
+    the plain note (literal string?) and the teacher's own top-K in its own words."""
+    reading = teacher_reading(row, alignment)
+    head = (f"<b>pos {_fmt(row.get('pos'))}</b> · student token <b>{display_token(row.get('token'))}</b><br>"
+            "teacher's tokens: <span class='opd-pieces-inline'>"
+            + ("".join(f"<span>{display_token(p)}</span>" for p in reading.pieces) or "<i>none</i>")
+            + f"</span> · teacher log p {_fmt(row.get('teacher_logp'))}")
+    if reading.note:
+        head += f"<div class='opd-note'>{html_text(reading.note)}</div>"
+    return head + (own_topk_html(reading, k) or "<br><i>the teacher's own top-K was not logged here</i>")
+
+
+def teacher_strip_html(tokens: pd.DataFrame, alignment: dict | None = None, top_k: int = 5,
+                       selected: int | None = None) -> str:
     """The teacher's own tokenization of the same response: its pieces per student token, one box each,
-    grouped under the student token they are credited to (a group of several = a multi-token span)."""
+    grouped under the student token they are credited to (a group of several = a multi-token span). Each
+    group's hover card shows the teacher's own top-K (its vocabulary) at the position scoring that token."""
     df = tokens.sort_values("pos") if "pos" in tokens else tokens
     groups = []
     for row in df.to_dict("records"):
@@ -375,8 +438,16 @@ def teacher_strip_html(tokens: pd.DataFrame) -> str:
         boxes = "".join(f"<span class='opd-piece'>{display_token(p)}</span>" for p in pieces) or (
             "<span class='opd-piece opd-piece-diff'>∅</span>")
         differs = len(pieces) != 1 or pieces[0] != row.get("token")
-        groups.append(f"<span class='opd-group{' opd-group-diff' if differs else ''}' title='pos {_fmt(row.get('pos'))}'>"
-                      f"{boxes}</span>")
-    css = ("<style>.opd-group{display:inline-block;margin:1px 3px 1px 0;padding:1px;border-radius:4px;}"
+        pos = int(row["pos"]) if pd.notna(row.get("pos")) else -1
+        classes = "opd-group" + (" opd-group-diff" if differs else "") + (
+            " opd-selected" if selected is not None and pos == selected else "")
+        groups.append(f"<span class='{classes}' tabindex='0' data-pos='{pos}'>{boxes}"
+                      f"<span class='opd-tip'>{_teacher_tip(row, alignment, top_k)}</span></span>")
+    css = ("<style>.opd-group{position:relative;display:inline-block;margin:1px 3px 1px 0;padding:1px;"
+           "border-radius:4px;cursor:pointer;outline:none;border:1px solid transparent;}"
+           ".opd-group:hover,.opd-group:focus{border-color:#1f2937;}"
+           ".opd-group.opd-selected{outline:3px solid #111827;outline-offset:1px;}"
+           ".opd-group:hover .opd-tip,.opd-group:focus .opd-tip{visibility:visible;opacity:1;}"
            ".opd-group-diff{background:#fde68a;}</style>")
-    return f"{PIECES_CSS}{css}<div class='opd-pieces'>{''.join(groups) or '<i>no teacher tokenization logged</i>'}</div>"
+    body = ''.join(groups) or '<i>no teacher tokenization logged</i>'
+    return f"{STRIP_CSS}{PIECES_CSS}{css}<div class='opd-pieces'>{body}</div>"

@@ -14,6 +14,7 @@ from app.token_strip import (
     candidates,
     colourable_columns,
     cross_tokenizer,
+    own_candidates,
     teacher_reading,
     teacher_strip_html,
     token_strip_html,
@@ -172,10 +173,11 @@ st.caption("Each box is one response token; its colour is the chosen column (div
            "focus a token for both models' candidates (the card docks at the top right of the window).")
 cross = cross_tokenizer(alignment)
 if cross and st.toggle("Show the teacher's tokenization of this response", value=True, key="insp_teacher_strip"):
-    st.html(teacher_strip_html(rows))
+    st.html(teacher_strip_html(rows, alignment, top_k=top_k, selected=selected_pos))
     st.caption("The teacher's own tokens for the same text, one box each, grouped under the student token they "
                "are credited to; a yellow group is where the two tokenizations differ (several teacher tokens, "
-               "a different string, or none).")
+               "a different string, or none). Hover a group for the teacher's own top-K there, in its own "
+               "vocabulary.")
 
 st.subheader("Candidates at one position")
 pos = st.selectbox("Position", positions, key=pos_key,
@@ -198,6 +200,19 @@ with left:
                                                                                 max_value=1.0, format="%.3f"),
                                 "student_prob": st.column_config.ProgressColumn("student p", min_value=0.0,
                                                                                 max_value=1.0, format="%.3f")})
+    own = own_candidates(row)
+    if len(own):
+        st.markdown(f"**The teacher's own top-{len(own)}**, in its own vocabulary (unmapped), at the teacher "
+                    f"position that scores this token" + (f" (its token {md(visible(reading.pieces[0]), None)})"
+                                                          if reading.pieces else "") + ":")
+        own["teacher_piece"] = [visible(str(t)) for t in own["teacher_piece"]]
+        st.dataframe(plain_frame(own), hide_index=True, width="stretch",
+                     column_config={"teacher_piece": "teacher's piece",
+                                    "teacher_prob": st.column_config.ProgressColumn(
+                                        "teacher p", min_value=0.0, max_value=1.0, format="%.3f")})
+    elif cross:
+        st.caption("This run did not log the teacher's own top-K (`teacher_own_topk`; written by runs made "
+                   "since it was added).")
 with right:
     details = {c: row[c] for c in ("token", "teacher_token", "signal", "log_ratio", "student_logp", "teacher_logp",
                                    "teacher_entropy", "teacher_rank", "drift", "masked", "is_special") if c in row}
@@ -211,7 +226,9 @@ with right:
         raw = {c: repr(row[c]) for c in ("token_raw", "token", "teacher_token") if c in row}
         st.dataframe(plain_frame(pd.DataFrame({"raw": list(raw.values())}, index=list(raw))), width="stretch")
 st.caption("Left: the teacher's and the student's K most likely next tokens at this prefix, with probabilities; "
-           "the sampled token is what the student actually wrote. Right: the logged values at this position.")
+           "the sampled token is what the student actually wrote (on a cross-tokenizer run the first table's "
+           "teacher column is mapped onto the student's vocabulary; the second lists the teacher's own pieces). "
+           "Right: the logged values at this position.")
 
 # The URL follows the view, so the link below (or the address bar) reopens exactly this token.
 st.query_params.update({"run": run.key, "step": str(step), "sample": str(sample), "pos": str(pos),
@@ -224,7 +241,7 @@ with st.popover("Copy a link to this token", icon=":material/link:"):
     st.caption("Use the copy button of the box; the link opens the Token inspector at this token.")
 
 with st.expander("All token records of this sample"):
-    scalar = [c for c in rows.columns if not c.endswith(("_ids", "_logps", "_tokens", "_pieces"))
+    scalar = [c for c in rows.columns if not c.endswith(("_ids", "_logps", "_tokens", "_pieces", "_topk"))
               and c not in ("prompt", "response_text")]
     shown_rows = rows[scalar].copy()
     for c in ("token", "teacher_token"):

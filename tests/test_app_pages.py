@@ -557,3 +557,34 @@ def test_alignment_coverage_figure_stacks_the_three_shares_per_step() -> None:
     assert [t.name for t in fig.data] == ["aligned 1:1", "inside a multi-token span",
                                           "unaligned (masked, no teacher number)"]
     assert fig.layout.barmode == "stack" and list(fig.data[2].y) == [0.3, 0.3]
+
+
+@pytest.fixture(scope="module")
+def cross_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One logged step of the toy mismatched pair without masking: the student's EOS reaches the teacher as text."""
+    from opd_core.config import from_dict
+    from opd_core.train_entry import train
+
+    base = tmp_path_factory.mktemp("cross")
+    train(from_dict({"steps": 1, "prompts_per_step": 2, "num_rollouts": 2, "max_new_tokens": 24, "eval_every": 0,
+                     "eval_size": 8, "log_tokens_every": 1, "checkpoint_every": 0, "temperature": 0.7,
+                     "reference_rollouts": False}), base, name="cross")
+    return base
+
+
+def test_inspector_shows_the_teachers_own_topk_at_a_literal_eos_of_a_real_cross_tokenizer_run(
+        monkeypatch, cross_runs_dir) -> None:
+    tokens = runs.read_tokens(cross_runs_dir / "cross")
+    eos = tokens[tokens["is_eos"]].sort_values(["sample", "pos"]).iloc[0]
+    at = _app(monkeypatch, cross_runs_dir)
+    at.query_params.update({"run": "runs:cross", "step": str(int(eos["step"])), "sample": str(int(eos["sample"])),
+                            "pos": str(int(eos["pos"]))})
+    _open(at, "inspector")
+    assert next(s for s in at.selectbox if s.label == "Position").value == int(eos["pos"])
+    note = next(i.value for i in at.info if "literal text" in i.value)
+    assert "never uses" in note and "its own vocabulary" in note
+    own = next(d.value for d in at.dataframe if "teacher_piece" in d.value.columns)
+    assert own["teacher_piece"].iloc[0] == "</s>" and own["teacher_prob"].iloc[0] > 0.5  # its own end, unmapped
+    html = _html(at)
+    assert html.count("Teacher's own top-") >= 2  # the hover card and the teacher strip's card
+    assert "opd-selected" in html.split("opd-pieces'>")[-1]  # the teacher strip marks the same token

@@ -157,3 +157,50 @@ def test_teacher_pieces_and_retokenisation_boxes_escape_hostile_text() -> None:
     for out in (strip, boxes):
         assert "<script>" not in out and "<img" not in out
         assert "&lt;script&gt;" in out and "&lt;img" in out
+
+
+def _own(*pairs: tuple[str, float]) -> list[dict]:
+    return [{"id": i, "text": t, "logp": math.log(p)} for i, (t, p) in enumerate(pairs)]
+
+
+def test_the_hover_card_and_teacher_strip_show_the_teachers_own_unmapped_topk_at_a_literal_eos() -> None:
+    """Cross-tokenizer: the card lists the teacher's own pieces (its vocabulary) with p, and says plainly that
+    the student's EOS was scored as a literal string the teacher never uses."""
+    from app.token_strip import own_candidates, teacher_reading, teacher_strip_html
+
+    alignment = {"eos_a": "<|im_end|>", "eos_b": "</s>", "shared_vocabulary": False}
+    pieces = [["4"], ["<", "|", "im", "_end", "|", ">"], ["x"]]
+    rows = _rows(["4", "<|im_end|>", "x"], teacher_pieces=pieces, is_special=[False, True, False],
+                 is_eos=[False, True, False], teacher_logp=[-0.1, -21.5, -1.0],
+                 teacher_own_topk=[_own(("4", 0.9), ("5", 0.05)), _own(("</s>", 0.97), ("<", 0.01), (IMG, 0.005)),
+                                   []])
+    reading = teacher_reading(rows.iloc[1].to_dict(), alignment)
+    assert reading.literal and "literal text" in reading.note and "never uses" in reading.note
+    assert "What the teacher expected there, in its own vocabulary: </s> p 0.97" in reading.note
+    card = token_strip_html(rows, "signal", alignment=alignment).split("data-pos='1'")[1].split("data-pos='2'")[0]
+    assert "Teacher's own top-3" in card and "before its token &lt;" in card
+    own_rows = re.findall(r"<tr class='(opd-hit)?'><td>\d</td><td>([^<]*)</td><td class='num'>([^<]*)</td></tr>",
+                          card.split("opd-own")[1])
+    assert [(t, p) for _, t, p in own_rows] == [("&lt;/s&gt;", "0.97"), ("&lt;", "0.01"),
+                                                ("&lt;img·src=x·onerror=&quot;alert(1)&quot;&gt;", "0.005")]
+    assert own_rows[1][0] == "opd-hit"  # the piece it actually scored, in bold
+    assert "<img" not in card and "teacher (mapped)" in card
+    strip = teacher_strip_html(rows, alignment, top_k=2, selected=1)
+    group = strip.split("data-pos='1'")[1].split("data-pos='2'")[0]
+    assert "Teacher's own top-2" in group and "&lt;/s&gt;" in group and "literal text" in group
+    assert "opd-selected" in strip.split("data-pos='1'")[0].rsplit("<span", 1)[1]
+    assert "not logged here" in strip.split("data-pos='2'")[1]  # no teacher position: said, not invented
+    table = own_candidates(rows.iloc[1], k=2)
+    assert table["teacher_piece"].tolist() == ["</s>", "<"] and table["teacher_prob"].round(2).tolist() == [0.97, 0.01]
+    assert own_candidates(rows.iloc[2]).empty and own_candidates({"token": "a"}).empty
+
+
+def test_a_special_token_split_into_teacher_pieces_is_literal_even_when_it_is_not_the_eos() -> None:
+    from app.token_strip import teacher_reading
+
+    alignment = {"eos_a": "<|im_end|>", "eos_b": "</s>", "shared_vocabulary": False}
+    row = {"token": "<think>", "is_special": True, "masked": False, "teacher_pieces": ["<", "think", ">"],
+           "teacher_logp": -17.0}
+    reading = teacher_reading(row, alignment)
+    assert reading.literal and reading.note.startswith("It scored the student's special token <think>")
+    assert not teacher_reading({**row, "masked": True}, alignment).literal  # masked: no number is used
