@@ -29,6 +29,10 @@ INSPECTOR_COLUMNS = tuple(dict.fromkeys((
     "prefix_wrong", "student_support_mass", "topk_overlap", "teacher_token", "reference_only", "response_text",
     "prompt", "correct", "reward", "format_ok", "teacher_pieces", "token_raw", "aligned", "masked_reason", "teacher_own_topk")))
 DEFAULT_STEP_WINDOW = 8
+# Entries of the caches that hold one small result per run (metrics, config, health, ...). The Runs page reads
+# every run on each rerun, in the same order: with fewer entries than runs, the least-recently-used cache
+# evicts each run just before it is needed again, and every rerun recomputes every run's health report.
+PER_RUN_ENTRIES = 1024
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -54,7 +58,7 @@ def _token_stamp(run_dir: str | Path, steps: Sequence[int]) -> tuple:
 # ----------------------------------------------------------------------------- plain reads
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _metrics(path: str, stamp: tuple) -> pd.DataFrame:
     return runs.read_metrics(path)
 
@@ -64,7 +68,7 @@ def metrics(run_dir: str | Path) -> pd.DataFrame:
     return _metrics(str(run_dir), _stamp(Path(run_dir) / runs.METRICS_FILE))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _config(path: str, stamp: tuple) -> dict:
     config = runs.read_config(path)
     return config if isinstance(config, dict) else {}
@@ -75,7 +79,7 @@ def config(run_dir: str | Path) -> dict:
     return _config(str(run_dir), _stamp(Path(run_dir) / runs.CONFIG_FILE))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _alignment(path: str, stamp: tuple) -> dict | None:
     from opd_core.diagnostics import mismatch
 
@@ -87,7 +91,7 @@ def alignment(run_dir: str | Path) -> dict | None:
     return _alignment(str(run_dir), _stamp(Path(run_dir) / "alignment.json"))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _token_steps(path: str, stamp: tuple) -> list[int]:
     return runs.token_steps(path)
 
@@ -97,7 +101,7 @@ def token_steps(run_dir: str | Path) -> list[int]:
     return _token_steps(str(run_dir), _stamp(Path(run_dir) / runs.TOKENS_DIR))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _schema(path: str, stamp: tuple) -> list[str]:
     return runs.token_schema_columns(path)
 
@@ -127,7 +131,7 @@ def default_steps(steps: Sequence[int], window: int = DEFAULT_STEP_WINDOW) -> li
 # ----------------------------------------------------------------------------- diagnostics views
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _health(path: str, stamp: tuple) -> Any:
     from opd_core.diagnostics import health
 

@@ -471,25 +471,35 @@ def test_sample_filters_keep_only_matching_samples(monkeypatch, tmp_path) -> Non
     assert 0 < len(kept) < len(every) and all("did not stop" in k for k in kept)
 
 
-@pytest.mark.slow
-def test_every_page_opens_on_every_generated_corrupt_run_without_an_exception(monkeypatch, tmp_path) -> None:
-    from tests.corrupt_runs import describe, make_corrupt_runs
+@pytest.fixture(scope="module")
+def corrupt_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """The generated damaged runs (tests/corrupt_runs.py), made once for the page tests below (read-only)."""
+    from tests.corrupt_runs import make_corrupt_runs
 
-    dirs = make_corrupt_runs(tmp_path)
+    dirs = make_corrupt_runs(tmp_path_factory.mktemp("corrupt"))
     assert len(dirs) >= 50
     base = dirs[0].parent
+    return base, [d.name for d in dirs if (base / d.name).is_dir()]
+
+
+# One test per page, so that the parallel workers share the 8 x 69 page runs.
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES_READING_RUNS)
+def test_every_page_opens_on_every_generated_corrupt_run_without_an_exception(monkeypatch, corrupt_runs_dir,
+                                                                              page) -> None:
+    from tests.corrupt_runs import describe
+
+    base, ids = corrupt_runs_dir
     at = _app(monkeypatch, base)
     _open(at, "runs")  # every run on one table, each damaged one with its problem
     table = at.dataframe[0].value
     assert len(table) >= 50
-    ids = [d.name for d in dirs if (base / d.name).is_dir()]
-    for page in PAGES_READING_RUNS:
-        for run_id in ids:
-            at.session_state["opd_run"] = f"runs:{run_id}"
-            at.session_state["opd_runs"] = [f"runs:{run_id}"]
-            at.session_state["opd_live_runs"] = [run_id]
-            at.switch_page(f"../pages/{page}.py").run()
-            assert not at.exception, f"{page} on {run_id} ({describe(base / run_id)}): {at.exception[0].value}"
+    for run_id in ids:
+        at.session_state["opd_run"] = f"runs:{run_id}"
+        at.session_state["opd_runs"] = [f"runs:{run_id}"]
+        at.session_state["opd_live_runs"] = [run_id]
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, f"{page} on {run_id} ({describe(base / run_id)}): {at.exception[0].value}"
 
 
 def test_live_shows_the_runs_health_and_announces_findings_that_appear(monkeypatch, runs_dir) -> None:
