@@ -10,9 +10,10 @@ the same loss and gradients (tests/test_fast_paths.py) from the student's final 
   (``objectives.support_head``).
 
 Only non-logging steps take a fast path: a logging step's per-token record needs both full
-distributions. A fast step's metrics still come from ``stats.step_stats`` over the student's full logits,
-recomputed under no_grad from the hidden states (one matmul, no gradient kept): log-ratio, both
-entropies, both full-vocabulary KLs, signal shape, masks, EOS, as on every step. The top-K *set*
+distributions. A fast step's metrics still come from ``stats.step_stats`` (log-ratio, both entropies, both
+full-vocabulary KLs, signal shape, masks, EOS, as on every step), in one pass made before the loss: the
+student's logits a chunk at a time from the hidden states (no [B,T,V] copy, no gradient), the teacher's
+log-softmax once, and from it the teacher's top-K that ``topk_support`` trains on. The top-K *set*
 metrics (``student_support_mass``, ``not_in_topk_ratio``, ``topk_overlap``, ``overlap_mass_*``,
 ``teachability``: two top-K over V and set masks per token, a third of a step at V = 32K) are written on
 logging steps only, from the full record (the dashboard's support views read the token records of
@@ -23,7 +24,7 @@ temperature, entropy gating.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 from opd_core.objectives import ObjectiveOutput, reduce_loss
 from opd_core.objectives.fused_head import fused_head_kl, reduction_weights
 from opd_core.objectives.support_head import restricts, topk_support_on_head
+from opd_core.stats import TokenStats, step_stats
 from opd_core.student_head import HeadInputs, plain_head
 
 KL_ALPHA = {"reverse_kl": lambda p: 0.0, "forward_kl": lambda p: 1.0, "kl_mix": lambda p: float(p["alpha"])}
@@ -62,18 +64,21 @@ class FastPath:
                                 with_stats=False)  # the loop's metrics come from stats.step_stats
         return ObjectiveOutput(loss=loss, signal=loss.detach(), extras={}, value=loss.detach())
 
-    def compute(self, sc, support_k: int, reduction: str = "token_mean") -> ObjectiveOutput:
-        """The loop's objective on a fast-path step (``loop_records.Scored`` with ``head``)."""
-        from opd_core.objectives.chunked import token_logprob_stats
-
+    def compute(self, sc, support_k: int, reduction: str = "token_mean") -> tuple[ObjectiveOutput, TokenStats]:
+        """The loop's objective on a fast-path step (``loop_records.Scored`` with ``head``) and the step's
+        every-step record (``stats.step_stats``), from one pass over the teacher's logits made before the
+        loss: that pass yields the metrics and, for ``topk_support``, the teacher's top-K the loss trains on
+        (the teacher normalised once; the student's logits made a chunk at a time, never whole)."""
         ids = sc.batch.response_ids
-        top = (token_logprob_stats(sc.teacher.logits, ids, top_k=support_k, chunk_tokens=None)
-               if self.objective == "topk_support" else {})
-        out = self.run(sc.head, ids, sc.mask, teacher_logits=sc.teacher.logits, teacher_topk_ids=top.get("topk_ids"),
-                       teacher_topk_logps=top.get("topk_logps"), teacher_sampled_logp=sc.teacher.sampled_logp,
-                       reduction=reduction)
-        sc.head = sc.head.frozen()  # the step's metrics read the head as it was before the optimizer step
-        return out
+        k = support_k if self.objective == "topk_support" else 0
+        record = step_stats(sc.head, sc.teacher.logits, ids, sc.teacher.sampled_logp, support_k=0,
+                            aligned=sc.teacher.aligned, teacher_topk=k)
+        out = self.run(sc.head, ids, sc.mask, teacher_logits=sc.teacher.logits,
+                       teacher_topk_ids=record.teacher_topk_ids, teacher_topk_logps=record.teacher_topk_logps,
+                       teacher_sampled_logp=sc.teacher.sampled_logp, reduction=reduction)
+        # the record keeps only what the every-step metrics read: not the [B,T,K] top-K lists
+        record = replace(record, signal=out.signal.detach().float(), teacher_topk_ids=None, teacher_topk_logps=None)
+        return out, record
 
 
 def plan(cfg, objective: str, params: dict[str, Any], student: torch.nn.Module) -> FastPath | None:

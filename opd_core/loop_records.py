@@ -62,6 +62,7 @@ class Update:
     lr: float
     tokens: int
     surrogate_loss: float = float("nan")  # the differentiated out.loss, reduced the same way
+    record: TokenStats | None = None  # a fast-path step's every-step statistics, made with the objective
 
 
 @dataclass

@@ -62,11 +62,11 @@ class InverseCdfSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:  # noqa: ARG002
         probs = torch.softmax(scores.float(), dim=-1)
-        if not bool(torch.isfinite(probs).all()):
+        cdf = probs.double().cumsum_(-1)
+        total = cdf[:, -1:]  # NaN when any probability is (a softmax never gives inf or < 0)
+        if not bool(torch.isfinite(total).all()):
             # the words of torch.multinomial's error, which sample_responses turns into NonFiniteSamplingError
             raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
-        cdf = probs.double().cumsum_(-1)
-        total = cdf[:, -1:]
         u = torch.rand(total.shape, dtype=torch.float64, device=scores.device) * total
         u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total: a positive-mass token
         picked = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)

@@ -2,7 +2,8 @@
 
 Layout: every row is ``[left pad][prompt][response][right pad]`` with all prompts ending at the same
 column, so the logits that predict the response are one slice of the model output (a view, no
-copy), and ``logits_to_keep`` spares the prompt positions' logits entirely. The teacher is read in
+copy), and ``logits_to_keep`` spares the prompt positions' logits entirely (a pre-hook on the head drops
+the one position past the response, so the logits come out contiguous). The teacher is read in
 its own tokenization and brought onto the student's positions and vocabulary (``TeacherScores``).
 Statistics over those logits live in :mod:`opd_core.stats`.
 """
@@ -57,12 +58,26 @@ def response_logits(model: torch.nn.Module, batch: SequenceBatch, vocab_size: in
     vocabulary only.
     """
     T = batch.response_ids.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=T + 1, use_cache=False)
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+
+    def first_t(_module, args):  # the head sees the T positions that predict the response, not T + 1
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3 and args[0].shape[1] == T + 1:
+            return (args[0][:, :T], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(first_t) if isinstance(head, torch.nn.Module) else None
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
     logits = out.logits[:, :T]
     if vocab_size is not None and logits.shape[-1] > vocab_size:
         logits = logits[..., :vocab_size]
-    return logits
+    # Contiguous once here: every chunked pass over these logits reshapes them to [B*T, V], and a strided view
+    # made each such reshape copy all of [B,T,V] (three copies a step, 21% of a V=32,768 step on CPU).
+    return logits if logits.is_contiguous() else logits.contiguous()
 
 
 @dataclass

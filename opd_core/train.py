@@ -186,8 +186,9 @@ class Trainer:
         return torch.tensor(sorted(ids), dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ objective and optimizer step
-    def objective(self, sc: Scored) -> ObjectiveOutput:
-        """The objective's per-token loss and signal for a scored batch (the teacher view it needs)."""
+    def objective(self, sc: Scored) -> tuple[ObjectiveOutput, stats.TokenStats | None]:
+        """The objective's per-token loss and signal for a scored batch (the teacher view it needs), and on a
+        fast-path step the step's every-step record, made in the same pass over the teacher (else None)."""
         ids = sc.batch.response_ids
         if sc.head is not None:  # a fast-path step (opd_core.fast_paths)
             return self.fast_path.compute(sc, self.support_k, self.cfg.loss_reduction)
@@ -200,7 +201,7 @@ class Trainer:
             ob.teacher_sampled_logp = sc.teacher.sampled_logp  # a support that adds the sampled token needs it
         else:
             ob.teacher_sampled_logp = sc.teacher.sampled_logp
-        return compute_objective(self.cfg.objective, ob, **self.params)
+        return compute_objective(self.cfg.objective, ob, **self.params), None
 
     def reduce(self, step: int, sc: Scored, out: ObjectiveOutput) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss to differentiate, objective value to log, global token count) over the global batch.
@@ -253,14 +254,14 @@ class Trainer:
         self._check_finite(step, "teacher log-probs", sc.teacher.sampled_logp, "the teacher checkpoint produces "
                            "NaN (broken weights or an fp16 overflow: try dtype=float32)")
         with timed(timings, "t_objective"):
-            out = self.objective(sc)
+            out, record = self.objective(sc)
             loss, value, n_tokens = self.reduce(step, sc, out)
         with timed(timings, "t_optimizer"):
             grad_norm, lr = self.optimizer_step(step, loss, n_tokens)
         # each rank divided by the global count, so the sums are the global numbers
         global_value = float(all_reduce_sum(value.detach().clone(), self.dist))
         surrogate = float(all_reduce_sum(loss.detach().clone(), self.dist))
-        update = Update(out, global_value, grad_norm, lr, n_tokens, surrogate_loss=surrogate)
+        update = Update(out, global_value, grad_norm, lr, n_tokens, surrogate_loss=surrogate, record=record)
         return StepResult(step, rollout, sc, update, timings)
 
     @staticmethod
@@ -275,7 +276,7 @@ class Trainer:
         """The step's metrics as reductions (``stats.step_metrics``) of the full record of a logging step, or
         else of the every-step fused pass, which computes the top-K set statistics only when the objective
         works on a top-K support (a sampled-token step does not otherwise pay for a top-K)."""
-        if record is None:  # a fast-path step leaves the top-K set metrics to the logging steps (fast_paths.py)
+        if record is None:  # (a fast-path step brings its record; it leaves the top-K set metrics to logging steps)
             k = self.support_k if self.needs is not TeacherNeeds.SAMPLED and sc.head is None else 0
             record = stats.step_stats(sc.full_student_logits(), sc.teacher.logits, sc.batch.response_ids,
                                       sc.teacher.sampled_logp, support_k=k, aligned=sc.teacher.aligned,
@@ -343,7 +344,7 @@ class Trainer:
         responses = self.rollout(prompts, "teacher", self._sampling(1.0, 0))
         ref = self.score(prompts, responses, grad=False, logged=True)
         with torch.no_grad():
-            out = self.objective(ref)
+            out, _ = self.objective(ref)
         grades, texts = self.grade(prompts, ref.responses, rollout.examples)
         return Reference(ref, out, self.token_record(ref, out), grades, texts)
 
@@ -395,7 +396,7 @@ class Trainer:
             grades, texts = self.grade(sc.prompts, sc.responses, result.rollout.examples)
             metrics = result.metrics()
             if not logging_step:
-                metrics.update(self.step_metrics(sc, result.update.out, source, grades))
+                metrics.update(self.step_metrics(sc, result.update.out, source, grades, result.update.record))
         reference = None
         if logging_step and cfg.reference_rollouts and source == "student":
             with timed(timings, "t_reference"):

@@ -223,3 +223,37 @@ def test_the_fast_path_is_planned_only_where_it_is_exact():
     assert plan(SimpleNamespace(**{**vars(cfg), "entropy_top_ratio": 0.5}), "reverse_kl", {}, model) is None
     assert plan(SimpleNamespace(**{**vars(cfg), "score_temperature_value": 2.0}), "reverse_kl", {}, model) is None
     assert plan(cfg, "reverse_kl", {}, model.to(torch.bfloat16)) is None
+
+
+def test_step_stats_from_the_head_equal_those_of_the_full_logits_and_give_the_teachers_topk():
+    from opd_core.objectives.chunked import token_logprob_stats
+    from opd_core.student_head import HeadInputs
+
+    hidden, weight, b, teacher, ids, _ = _problem(seed=3)
+    hidden, weight, b, teacher = hidden.float(), weight.float(), b.float(), teacher.float()
+    head = HeadInputs(hidden, weight, b)
+    aligned = torch.ones(ids.shape, dtype=torch.bool)
+    aligned[1, 2] = False
+    want = step_stats(head.logits(), teacher, ids, aligned=aligned)
+    got = step_stats(head, teacher, ids, aligned=aligned, teacher_topk=5)
+    for name in ("student_logp", "teacher_logp", "log_ratio", "student_entropy", "teacher_entropy", "reverse_kl",
+                 "forward_kl"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, equal_nan=True)
+    ref = token_logprob_stats(teacher, ids, top_k=5, chunk_tokens=None)
+    assert torch.equal(got.teacher_topk_ids, ref["topk_ids"])
+    torch.testing.assert_close(got.teacher_topk_logps, ref["topk_logps"], **TOL)
+
+
+def test_response_logits_are_contiguous_and_those_of_the_full_forward():
+    from transformers import AutoModelForCausalLM
+
+    from opd_core.scoring import build_batch, response_logits
+    from opd_core.toy.presets import resolve_pair
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_pair("toy:matched")[0])
+    batch = build_batch([[1, 5, 6], [7, 8]], [[9, 10, 11, 12], [13]], pad_id=0, device=torch.device("cpu"))
+    got = response_logits(model, batch)
+    assert got.is_contiguous() and got.shape[1] == 4
+    full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                 position_ids=batch.position_ids).logits
+    torch.testing.assert_close(got, full[:, batch.prompt_width - 1:-1], **TOL)

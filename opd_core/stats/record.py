@@ -124,22 +124,44 @@ def _topk_support_stats(ls: Tensor, lt: Tensor, ps: Tensor, pt: Tensor, s_idx: T
     }
 
 
+class _HeadRows:
+    """The student's logits a chunk of tokens at a time from its final hidden states and LM head
+    (``student_head.HeadInputs``), so a fast-path step never holds its [B,T,V] logits."""
+
+    def __init__(self, head) -> None:
+        B, T, H = head.hidden.shape
+        self.shape = (B, T, head.weight.shape[0])
+        self.dtype = torch.promote_types(head.hidden.dtype, torch.float32)
+        self.device = head.hidden.device
+        self.hidden = head.hidden.detach().reshape(B * T, H).to(self.dtype)
+        self.weight = head.weight.detach().to(self.dtype)
+        self.bias = None if head.bias is None else head.bias.detach().to(self.dtype)
+
+    def __getitem__(self, rows: slice) -> Tensor:
+        x = self.hidden[rows] @ self.weight.T
+        return x if self.bias is None else x + self.bias
+
+
 @torch.no_grad()
-def _fused_pass(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, *, support_k: int, log_k: int,
+def _fused_pass(student_logits, teacher_logits: Tensor, ids: Tensor, *, support_k: int, log_k: int,
                 full: bool, rollout_top_p: float = 1.0, rollout_temperature: float = 1.0,
-                nucleus_p: float = 0.9, chunk_tokens: int | None = None) -> dict[str, Tensor]:
-    """One chunked pass over both [B,T,V] logit tensors; returns the [B,T](,K) statistics by name."""
+                nucleus_p: float = 0.9, chunk_tokens: int | None = None, teacher_topk: int = 0) -> dict[str, Tensor]:
+    """One chunked pass over both [B,T,V] logit tensors (the student's as a tensor or a ``_HeadRows``);
+    returns the [B,T](,K) statistics by name. ``teacher_topk`` (without ``full``) adds the teacher's sorted
+    top-K ids and log-probs from the same normalisation (what ``topk_support`` trains on)."""
     B, T, V = student_logits.shape
-    if teacher_logits.shape != student_logits.shape:
+    if tuple(teacher_logits.shape) != tuple(student_logits.shape):
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same [B, T, V] shape; map the teacher "
                          "to the student's vocabulary first")
     k = min(support_k, V)
     kk = min(max(support_k, log_k), V) if full else k
+    tk = 0 if full else min(teacher_topk, V)
     n = B * T
     dev = student_logits.device
     chunk = auto_chunk_tokens(V)  # the chunking of token_logprobs: equal models give an exactly-zero ratio
-    s_flat, t_flat = student_logits.reshape(n, V), teacher_logits.reshape(n, V)
+    on_head = isinstance(student_logits, _HeadRows)
+    s_flat, t_flat = (student_logits if on_head else student_logits.reshape(n, V)), teacher_logits.reshape(n, V)
     y_all = ids.reshape(n, 1).long()
     names = list(_CHEAP) + (list(_SUPPORT) if k else []) + (list(_FULL) if full else [])
     bools = {"in_teacher_topk", "in_student_topp", "in_teacher_nucleus"}
@@ -149,6 +171,9 @@ def _fused_pass(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, *, 
         for side in ("teacher", "student"):
             out[f"{side}_topk_ids"] = torch.empty(n, kk, dtype=torch.long, device=dev)
             out[f"{side}_topk_logps"] = torch.empty(n, kk, device=dev)
+    if tk:
+        out["teacher_topk_ids"] = torch.empty(n, tk, dtype=torch.long, device=dev)
+        out["teacher_topk_logps"] = torch.empty(n, tk, device=dev)
     work = torch.promote_types(student_logits.dtype, torch.float32)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -164,6 +189,8 @@ def _fused_pass(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, *, 
         out["teacher_entropy"][a:b] = -(pt * lt).nan_to_num(0.0).sum(-1)
         out["reverse_kl"][a:b] = (ps * diff).sum(-1)
         out["forward_kl"][a:b] = -(pt * diff).sum(-1)
+        if tk:
+            out["teacher_topk_logps"][a:b], out["teacher_topk_ids"][a:b] = lt.topk(tk, dim=-1)
         if not (k or full):
             continue
         t_top, t_idx = lt.topk(kk, dim=-1, sorted=full)  # the sets alone need no order (half the cost)
@@ -204,13 +231,21 @@ def _teacher_side(out: dict[str, Tensor], aligned: Tensor | None) -> dict[str, T
     return out
 
 
-def step_stats(student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, teacher_logp: Tensor | None = None,
-               *, support_k: int = 0, aligned: Tensor | None = None, signal: Tensor | None = None) -> TokenStats:
+def step_stats(student_logits, teacher_logits: Tensor, ids: Tensor, teacher_logp: Tensor | None = None,
+               *, support_k: int = 0, aligned: Tensor | None = None, signal: Tensor | None = None,
+               teacher_topk: int = 0) -> TokenStats:
     """The every-step subset of the record in one fused pass: log-probs, entropies, KLs and (with
     ``support_k``) the top-K set statistics. ``teacher_logp`` defaults to the teacher logits' own;
-    ``signal`` (the objective's per-token signal) to the sampled log-ratio."""
-    out = _teacher_side(_fused_pass(student_logits.detach(), teacher_logits.detach(), ids, support_k=support_k,
-                                    log_k=0, full=False), aligned)
+    ``signal`` (the objective's per-token signal) to the sampled log-ratio.
+
+    ``student_logits`` is [B,T,V], or the student's hidden states and head (``student_head.HeadInputs``,
+    a fast-path step): its logits are then made a chunk at a time and never held whole. ``teacher_topk``
+    also returns the teacher's sorted top-K (``teacher_topk_ids`` / ``teacher_topk_logps``, every position)
+    from the same pass, so a step normalises the teacher's logits once for its metrics and its objective.
+    """
+    student = student_logits.detach() if isinstance(student_logits, Tensor) else _HeadRows(student_logits)
+    out = _teacher_side(_fused_pass(student, teacher_logits.detach(), ids, support_k=support_k,
+                                    log_k=0, full=False, teacher_topk=teacher_topk), aligned)
     t_lp = _own_logp(teacher_logits, ids) if teacher_logp is None else teacher_logp.float()
     log_ratio = t_lp - out["student_logp"]
     return TokenStats(teacher_logp=t_lp, log_ratio=log_ratio, aligned=aligned,
