@@ -30,8 +30,8 @@ def last_value(metrics: pd.DataFrame, column: str) -> float | None:
 def key_settings(config: Mapping) -> str:
     """The settings that tell runs apart, as one short line (objective parameters included)."""
     params = config.get("objective_params")
-    parts = [f"{k}={v}" for k, v in params.items()] if isinstance(params, Mapping) else []
-    parts += [f"{k}={config[k]}" for k in SETTING_KEYS if k in config]
+    parts = [f"{k}={'–' if v is None else v}" for k, v in params.items()] if isinstance(params, Mapping) else []
+    parts += [f"{k}={'–' if config[k] is None else config[k]}" for k in SETTING_KEYS if k in config]
     return ", ".join(parts)
 
 
@@ -44,6 +44,15 @@ def flags_text(report: object) -> str:
     return "; ".join(f"[{f.severity}] {f.title}" for f in findings)
 
 
+def health_summary(report: object, damaged: int = 0) -> str:
+    """The Runs table's short health cell: counts of damaged files and of critical/warning findings."""
+    findings = [f for f in getattr(report, "findings", []) or [] if f.severity in ("warning", "critical")]
+    counts = [(damaged, "damaged"), (sum(f.severity == "critical" for f in findings), "critical"),
+              (sum(f.severity == "warning" for f in findings), "warning")]
+    parts = [f"{n} {name}{'s' if n > 1 and name == 'warning' else ''}" for n, name in counts if n]
+    return " · ".join(parts) if parts else "ok"
+
+
 def run_row(key: str, label: str, summary: RunSummary, metrics: pd.DataFrame, report: object) -> dict:
     """One row of the Runs table: what tells runs apart first (status, metrics, flags), details last."""
     progress = f"{summary.step or 0}/{summary.total_steps}" if summary.total_steps else str(summary.step or 0)
@@ -52,6 +61,7 @@ def run_row(key: str, label: str, summary: RunSummary, metrics: pd.DataFrame, re
     for column in LAST_METRICS:
         row[column] = last_value(metrics, column)
     problems = [str(p) for p in getattr(summary, "problems", None) or []]
+    row["health"] = health_summary(report, len(problems))
     row["flags"] = "; ".join([*(f"[damaged] {p}" for p in problems), *filter(None, [flags_text(report)])])
     row["settings"] = key_settings(summary.config if isinstance(summary.config, Mapping) else {})
     row["student"] = summary.student or ""
@@ -63,7 +73,8 @@ def damaged_row(key: str, label: str, reason: str) -> dict:
     """The Runs table's row for a run that could not be read at all: its name and what is damaged."""
     row = {"key": key, "run": label, "status": "unreadable", "objective": "", "progress": ""}
     row.update({column: None for column in LAST_METRICS})
-    row.update({"flags": f"[damaged] {reason}", "settings": "", "student": "", "teacher": ""})
+    row.update({"health": "unreadable", "flags": f"[damaged] {reason}", "settings": "", "student": "",
+                "teacher": ""})
     return row
 
 

@@ -137,8 +137,11 @@ def show_problems(run: RunRef) -> None:
 
 
 def pick_runs(refs: Sequence[RunRef], label: str = "Runs", default_count: int = 4) -> list[RunRef]:
-    """Select several runs (for Compare); the choice is kept across pages."""
+    """Select several runs (for Compare); the choice is kept across pages and in the URL (``?runs=a,b``)."""
     by_key = {r.key: r for r in refs}
+    linked = url_list("runs")
+    if linked is not None:
+        st.session_state[RUNS_STATE] = [k for k in linked if k in by_key]
     if RUNS_STATE in st.session_state:  # an empty selection is a choice too: never refill it
         current = [k for k in st.session_state[RUNS_STATE] if k in by_key]
     else:
@@ -147,6 +150,7 @@ def pick_runs(refs: Sequence[RunRef], label: str = "Runs", default_count: int = 
     st.session_state[_RUNS_WIDGET] = current
     chosen = st.multiselect(label, list(by_key), key=_RUNS_WIDGET, format_func=lambda k: by_key[k].label,
                             on_change=_remember, args=(_RUNS_WIDGET, RUNS_STATE))
+    keep_list_in_url("runs", chosen)
     return [by_key[k] for k in chosen]
 
 
@@ -212,14 +216,32 @@ def fmt(value: object, spec: str = ".3g") -> str:
     return "–" if v != v else format(v, spec)
 
 
-def url_choice(param: str, widget_key: str, options: Sequence[str]) -> None:
+def url_choice(param: str, widget_key: str, options: Sequence[object]) -> None:
     """Let ``?param=`` from a shared link set a choice widget once (before it is drawn); :func:`keep_in_url`
-    writes the choice back, so the address bar always reopens the same view."""
+    writes the choice back, so the address bar always reopens the same view. Options that are not strings
+    (steps, sample numbers, yes/no) match by their text."""
     value = st.query_params.get(param)
     seen = f"_url_{param}"
-    if value is not None and value in options and st.session_state.get(seen) != value:
-        st.session_state[widget_key] = value
+    by_text = {str(o): o for o in options}
+    if value is not None and value in by_text and st.session_state.get(seen) != value:
+        st.session_state[widget_key] = by_text[value]
     st.session_state[seen] = value
+
+
+def url_list(param: str) -> list[str] | None:
+    """A list selection from a shared link (``?param=a,b``; empty = an emptied list), once per new link value;
+    None when the URL has no new value. The caller keeps the members it knows."""
+    value = st.query_params.get(param)
+    seen = f"_url_{param}"
+    if value is None or st.session_state.get(seen) == value:
+        return None
+    st.session_state[seen] = value
+    return [v for v in value.split(",") if v]
+
+
+def keep_list_in_url(param: str, values: Sequence[object]) -> None:
+    """Write a list selection into the URL (see :func:`url_list`)."""
+    keep_in_url(param, ",".join(str(v) for v in values))
 
 
 def keep_in_url(param: str, value: object) -> None:

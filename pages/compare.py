@@ -31,9 +31,14 @@ if st.session_state.get("cmp_metric") not in options:
     st.session_state["cmp_metric"] = default_metric
 metric = c1.selectbox("Metric", options, key="cmp_metric")
 widgets.keep_in_url("metric", metric)
+widgets.url_choice("x", "cmp_x", list(tables.X_AXES))
 x_label = c2.radio("x axis", list(tables.X_AXES), horizontal=True, key="cmp_x")
-smoothing = c3.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="cmp_smooth",
+widgets.url_choice("smooth", "cmp_smooth", [round(i * 0.05, 2) for i in range(20)])
+st.session_state.setdefault("cmp_smooth", 0.0)
+smoothing = c3.slider("Smoothing", 0.0, 0.95, step=0.05, key="cmp_smooth",
                       help="Exponential moving average weight (0 = raw values).")
+widgets.keep_in_url("x", x_label)
+widgets.keep_in_url("smooth", round(smoothing, 2))
 long = tables.compare_long(frames, metric, tables.X_AXES[x_label], smoothing)
 if long.empty:
     st.info(f"None of the chosen runs logged {md(metric)}.", icon=":material/info:")

@@ -29,9 +29,12 @@ stat = c2.selectbox("Teacher statistic", list(charts.STAT_TITLES), format_func=c
                     key="drift_stat")
 widgets.keep_in_url("measure", measure)
 widgets.keep_in_url("stat", stat)
-bins = c3.slider("Bins (at most)", 2, 12, 8, key="drift_bins",
+st.session_state.setdefault("drift_bins", 8)
+widgets.url_choice("bins", "drift_bins", list(range(2, 13)))
+bins = c3.slider("Bins (at most)", 2, 12, key="drift_bins",
                  help="Equal-count bins: where many tokens share a value, neighbouring bins merge, so fewer may be "
                       "drawn. The chart's caption says how many.")
+widgets.keep_in_url("bins", bins)
 view = widgets.guarded(run, state.drift_view, run.path, chosen, measure, bins)
 summary = view["summary"]
 

@@ -54,7 +54,11 @@ from opd_core.diagnostics import drift as _drift  # noqa: E402
 from opd_core.diagnostics import rewards as _rewards  # noqa: E402
 
 st.subheader("Most rewards negative? Teacher vs student probability of the sampled token")
-_step = st.select_slider("Step", options=steps, value=steps[0], key="imb_scatter_step")
+if st.session_state.get("imb_scatter_step") not in steps:
+    st.session_state["imb_scatter_step"] = steps[0]
+widgets.url_choice("step", "imb_scatter_step", steps)
+_step = st.select_slider("Step", options=steps, key="imb_scatter_step")
+widgets.keep_in_url("step", _step)
 _tokens = state.tokens(run.path, [_step], list(_rewards.COLUMNS))
 _points, _below = _rewards.reward_scatter(_tokens, _step)
 widgets.chart(charts_paper.reward_scatter_figure(_points, _below),

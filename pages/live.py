@@ -40,6 +40,9 @@ def _keep_watch_list() -> None:
     st.session_state[LIVE_STATE] = list(st.session_state[WATCH_WIDGET])
 
 
+linked = widgets.url_list("watch")  # a shared link's watch list (?watch=a,b), once
+if linked is not None:
+    st.session_state[LIVE_STATE] = [r for r in linked if r in summaries]
 if LIVE_STATE not in st.session_state:  # an emptied list stays empty: never refill a user's choice
     st.session_state[LIVE_STATE] = ([r for r, s in summaries.items() if s.state in runs.ACTIVE_STATES][:4]
                                     or [next(iter(summaries))])
@@ -52,6 +55,7 @@ st.session_state[WATCH_WIDGET] = watched
 # the option's identity in the browser, which dropped a resumed run from the list.
 chosen = st.multiselect("Runs to watch", list(summaries), key=WATCH_WIDGET, on_change=_keep_watch_list,
                         help="Each run's state is on its progress bar below.")
+widgets.keep_list_in_url("watch", chosen)
 if not chosen:
     if missing:
         st.info(f"Waiting for {', '.join(md(r) for r in missing)} to show in the runs folder…",
@@ -66,7 +70,13 @@ if not chosen:
     else:
         st.info("Pick at least one run above.", icon=":material/info:")
     st.stop()
-focus = st.selectbox("Controls, tokens and log for", chosen, index=len(chosen) - 1, key="live_focus")
+added = [r for r in chosen if r not in st.session_state.get("_live_prev_chosen", chosen)]
+if st.session_state.get("live_focus") not in chosen or added:  # a run just added to the list gets the focus
+    st.session_state["live_focus"] = (added or chosen)[-1]
+st.session_state["_live_prev_chosen"] = list(chosen)
+widgets.url_choice("focus", "live_focus", chosen)
+focus = st.selectbox("Controls, tokens and log for", chosen, key="live_focus")
+widgets.keep_in_url("focus", focus)
 
 
 def _duration(seconds: float | None) -> str:
@@ -191,6 +201,9 @@ def live_view() -> None:
     options = tables.numeric_metrics(frames)
     if options:
         default = next((m for m in ("loss", "reverse_kl", "grad_norm") if m in options), options[0])
+        link_metric = st.query_params.get("metric")  # a shared link's metric counts as the user's pick, once
+        if link_metric in options and st.session_state.get("_url_metric") != link_metric:
+            st.session_state[METRIC_CHOSEN] = link_metric
         chosen_metric = st.session_state.get(METRIC_CHOSEN)
         # A run's first line has only time_s: follow the default until the user picks, so the chart moves
         # on to the loss once it is logged instead of sticking on what was there first.
@@ -198,6 +211,7 @@ def live_view() -> None:
         metric = st.selectbox("Metric", options, key="live_metric",
                               on_change=lambda: st.session_state.__setitem__(METRIC_CHOSEN,
                                                                              st.session_state["live_metric"]))
+        widgets.keep_in_url("metric", metric)
         long = tables.compare_long(frames, metric, "step", 0.0)
         widgets.chart(charts.compare_figure(long, metric), "One line per run, by step. A fork starts at its fork "
                       "step + 1, so it lines up with its parent.", key="live_chart")

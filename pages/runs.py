@@ -18,38 +18,39 @@ for ref in refs:
                                    state.health_report(ref.path)))
     except Exception as exc:  # noqa: BLE001 - one damaged run is one row that says so, never a blank page
         rows.append(tables.damaged_row(ref.key, ref.label, widgets.describe(exc)))
-table = pd.DataFrame(rows)
+table = pd.DataFrame(rows).map(lambda v: plain(v) if isinstance(v, str) else v)
+# What tells runs apart at a glance, in widths that fit a 1440 px window without scrolling sideways; the
+# settings, the health flags in words and the models are in the details view below.
 st.dataframe(
-    table.drop(columns=["key"]).map(lambda v: plain(v) if isinstance(v, str) else v),
-    hide_index=True, width="stretch",
+    table, hide_index=True, width="stretch",
+    column_order=["run", "status", "objective", "progress", "loss", "eval_accuracy", "response_len", "grad_norm",
+                  "signal_gini", "health"],
     column_config={
-        "run": st.column_config.TextColumn("run", width="medium", pinned=True),
-        "status": st.column_config.TextColumn("status", width="small"),
-        "objective": st.column_config.TextColumn("objective", width="small"),
-        "progress": st.column_config.TextColumn("step", width="small"),
-        "loss": st.column_config.NumberColumn("loss", format="%.4g", width="small"),
-        "eval_accuracy": st.column_config.NumberColumn("eval acc", format="%.3f", width="small"),
-        "response_len": st.column_config.NumberColumn("resp. len", format="%.1f", width="small"),
-        "grad_norm": st.column_config.NumberColumn("grad norm", format="%.3g", width="small"),
-        "signal_gini": st.column_config.NumberColumn("signal Gini", format="%.2f", width="small"),
-        "flags": st.column_config.TextColumn("health flags", width="large"),
-        "settings": st.column_config.TextColumn("settings", width="medium"),
+        "run": st.column_config.TextColumn("run", width=222, pinned=True),
+        "status": st.column_config.TextColumn("status", width=78),
+        "objective": st.column_config.TextColumn("objective", width=112),
+        "progress": st.column_config.TextColumn("step", width=72),
+        "loss": st.column_config.NumberColumn("loss", format="%.4g", width=62),
+        "eval_accuracy": st.column_config.NumberColumn("eval acc", format="%.3f", width=64),
+        "response_len": st.column_config.NumberColumn("resp. len", format="%.1f", width=68),
+        "grad_norm": st.column_config.NumberColumn("grad norm", format="%.3g", width=74),
+        "signal_gini": st.column_config.NumberColumn("Gini", format="%.2f", width=52,
+                                                     help="Gini coefficient of |signal| over tokens"),
+        "health": st.column_config.TextColumn("health", width=140,
+                                              help="Counts of the Health page's critical and warning findings"),
     },
 )
 st.caption("Status comes from status.json with the trainer's process checked (a run whose process died shows "
-           "as failed, stale). Metrics are the last logged values; flags are the Health page's warnings; a run "
-           "with a damaged file says which file in its flags.")
+           "as failed, stale). Metrics are the last logged values; health counts the Health page's critical "
+           "and warning findings (and damaged files). Each run's settings and flags in words are below.")
+with st.expander("Settings, health flags and models of every run", icon=":material/tune:"):
+    details = table[["run", "settings", "flags", "student", "teacher"]].rename(
+        columns={"flags": "health flags"}).set_index("run")
+    st.table(details)
 
 st.subheader("Pick runs")
 run = widgets.pick_run(refs, "Diagnose this run")
-keys = {r.key for r in refs}
-if widgets.RUNS_STATE in st.session_state:
-    compare_default = [k for k in st.session_state[widgets.RUNS_STATE] if k in keys]
-else:
-    compare_default = widgets.default_compare(refs)
-chosen = st.multiselect("Compare these runs", [r.key for r in refs], default=compare_default,
-                        format_func={r.key: r.label for r in refs}.get, key="runs_page_compare")
-widgets.set_selected_runs(chosen)
+chosen = widgets.pick_runs(refs, "Compare these runs")  # the Compare page's selection, kept in the URL too
 cols = st.columns(4)
 with cols[0]:
     widgets.link_to("Health", run, "Health report")

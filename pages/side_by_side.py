@@ -9,16 +9,17 @@ from app.inert import md, plain_frame
 from app.token_strip import color_scale, colourable_columns, token_strip_html
 from opd_core.token_text import visible
 
+# What each side's selections are called in the URL (?run=&step=&sample= for A, *_b for B).
+URL_NAMES = {"A": {"step": "step", "sample": "sample"}, "B": {"step": "step_b", "sample": "sample_b"}}
+
 widgets.header("Side by side", "Did the fix change what the student writes? Two rollouts of the same prompt, "
                                "token by token, on one colour scale.")
 refs = widgets.runs_or_notice()
 by_key = {r.key: r for r in refs}
 first = widgets.default_run(refs)
 baseline_next = [r for r in refs if r.key != first.key]
-if st.query_params.get("run") in by_key and "sbs_a" not in st.session_state:
-    st.session_state["sbs_a"] = st.query_params["run"]
-if st.query_params.get("run_b") in by_key and "sbs_b" not in st.session_state:
-    st.session_state["sbs_b"] = st.query_params["run_b"]
+widgets.url_choice("run", "sbs_a", list(by_key))
+widgets.url_choice("run_b", "sbs_b", list(by_key))
 st.session_state.setdefault("sbs_a", first.key)
 st.session_state.setdefault("sbs_b", next((r.key for r in baseline_next if r.run_id == "masked-sampled-token"),
                                           (baseline_next or refs)[0].key))
@@ -36,14 +37,18 @@ def _side(column, name: str, run_key: str) -> tuple:
     key = f"sbs_step_{name.lower()}:{run.key}"
     if st.session_state.get(key) not in steps:
         st.session_state[key] = steps[-1]
+    param = URL_NAMES[name]["step"]
+    widgets.url_choice(param, key, steps)
     step = column.selectbox(f"Step {name}", steps, key=key)
+    widgets.keep_in_url(param, step)
     return run, step
 
 
 left, right = st.columns(2)
 run_a, step_a = _side(left, "A", st.session_state["sbs_a"])
 run_b, step_b = _side(right, "B", st.session_state["sbs_b"])
-st.query_params.update({"run": run_a.key, "run_b": run_b.key})
+widgets.keep_in_url("run", run_a.key)
+widgets.keep_in_url("run_b", run_b.key)
 
 index_a = widgets.guarded(run_a, state.tokens, run_a.path, [step_a], ["sample", "prompt", "prefix_source"])
 index_b = widgets.guarded(run_b, state.tokens, run_b.path, [step_b], ["sample", "prompt", "prefix_source"])
@@ -52,6 +57,11 @@ prompts_b = index_b.drop_duplicates("sample") if "prompt" in index_b else pd.Dat
 common = [p for p in dict.fromkeys(prompts_a.get("prompt", [])) if p in set(prompts_b.get("prompt", []))]
 
 if common:
+    link_sample = st.query_params.get("sample")  # a shared link's sample A decides the prompt, once
+    if link_sample is not None and st.session_state.get("_url_sample") != link_sample:
+        linked = prompts_a.loc[prompts_a["sample"].astype(str) == link_sample, "prompt"]
+        if len(linked) and linked.iloc[0] in common:
+            st.session_state["sbs_prompt"] = linked.iloc[0]
     prompt = st.selectbox("Prompt (asked on both sides)", common, key="sbs_prompt",
                           format_func=lambda p: visible(str(p))[:120])
     samples_a = sorted(int(s) for s in prompts_a.loc[prompts_a["prompt"] == prompt, "sample"])
@@ -61,9 +71,13 @@ else:
     samples_a = sorted(int(s) for s in index_a["sample"].unique())
     samples_b = sorted(int(s) for s in index_b["sample"].unique())
 c1, c2 = st.columns(2)
+widgets.url_choice("sample", f"sbs_sample_a:{run_a.key}:{step_a}", samples_a)
+widgets.url_choice("sample_b", f"sbs_sample_b:{run_b.key}:{step_b}", samples_b)
 sample_a = c1.selectbox("Sample A", samples_a, key=f"sbs_sample_a:{run_a.key}:{step_a}",
                         help="Rollouts of this prompt on side A (several when num_rollouts > 1).")
 sample_b = c2.selectbox("Sample B", samples_b, key=f"sbs_sample_b:{run_b.key}:{step_b}")
+widgets.keep_in_url("sample", sample_a)
+widgets.keep_in_url("sample_b", sample_b)
 
 rows_a = widgets.guarded(run_a, state.tokens, run_a.path, [step_a], state.INSPECTOR_COLUMNS,
                          filters=[("sample", "in", [int(sample_a)])]).sort_values("pos")
@@ -74,9 +88,15 @@ if rows_a.empty or rows_b.empty or not options:
     st.info("One of the two rollouts has no token records to colour.", icon=":material/info:")
     st.stop()
 o1, o2 = st.columns([2, 1], vertical_alignment="bottom")
+widgets.url_choice("color", "sbs_colour", options)
+widgets.url_choice("diff", "sbs_diff", ["1", "0"])
+if isinstance(st.session_state.get("sbs_diff"), str):
+    st.session_state["sbs_diff"] = st.session_state["sbs_diff"] == "1"
 colour = o1.selectbox("Colour both by", options, key="sbs_colour")
 difference = o2.toggle("Colour by the difference B − A", key="sbs_diff",
                        help="Each token takes the colour of B's value minus A's at the same position.")
+widgets.keep_in_url("color", colour)
+widgets.keep_in_url("diff", int(difference))
 if difference:
     rows_a, rows_b = tables.position_difference(rows_a, rows_b, colour)
     shown = f"{colour}_diff"

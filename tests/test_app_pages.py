@@ -598,3 +598,65 @@ def test_inspector_shows_the_teachers_own_topk_at_a_literal_eos_of_a_real_cross_
     html = _html(at)
     assert html.count("Teacher's own top-") >= 2  # the hover card and the teacher strip's card
     assert "opd-selected" in html.split("opd-pieces'>")[-1]  # the teacher strip marks the same token
+
+
+def _qp(at: AppTest, name: str) -> str | None:
+    value = at.query_params.get(name)
+    return value[0] if isinstance(value, list) else value
+
+
+# page, the link's query, {widget key: the value the link must select}
+URL_VIEWS = [
+    ("health", {"run": "runs:beta"}, {"_w_run": "runs:beta"}),
+    ("runs", {"run": "runs:beta", "runs": "runs:beta"}, {"_w_run": "runs:beta", "_w_runs": ["runs:beta"]}),
+    ("compare", {"runs": "runs:beta,runs:alpha", "metric": "grad_norm", "x": "tokens seen", "smooth": "0.3"},
+     {"_w_runs": ["runs:beta", "runs:alpha"], "cmp_metric": "grad_norm", "cmp_x": "tokens seen", "cmp_smooth": 0.3}),
+    ("imbalance", {"run": "runs:beta", "steps": "0-2", "step": "2"},
+     {"_w_run": "runs:beta", "imb_steps:runs:beta": (0, 2), "imb_scatter_step": 2}),
+    ("drift", {"run": "runs:alpha", "steps": "2-4", "measure": "drift", "stat": "teacher_rank", "bins": "5"},
+     {"drift_steps:runs:alpha": (2, 4), "drift_measure": "drift", "drift_stat": "teacher_rank", "drift_bins": 5}),
+    ("mismatch", {"run": "runs:beta", "steps": "2-4"}, {"_w_run": "runs:beta", "mm_steps:runs:beta": (2, 4)}),
+    ("side_by_side", {"run": "runs:beta", "run_b": "runs:alpha", "step": "2", "step_b": "4", "sample": "1",
+                      "sample_b": "1", "color": "log_ratio", "diff": "1"},
+     {"sbs_a": "runs:beta", "sbs_b": "runs:alpha", "sbs_step_a:runs:beta": 2, "sbs_step_b:runs:alpha": 4,
+      "sbs_sample_a:runs:beta:2": 1, "sbs_sample_b:runs:alpha:4": 1, "sbs_colour": "log_ratio", "sbs_diff": True}),
+    ("inspector", {"run": "runs:beta", "step": "2", "sample": "1", "pos": "3", "color": "log_ratio"},
+     {"insp_step:runs:beta": 2, "insp_sample:runs:beta:2": 1, "insp_pos:runs:beta:2:1": 3, "insp_colour": "log_ratio"}),
+    ("live", {"watch": "alpha,beta", "focus": "alpha", "metric": "grad_norm"},
+     {"_w_live_runs": ["alpha", "beta"], "live_focus": "alpha", "live_metric": "grad_norm"}),
+]
+
+
+@pytest.mark.parametrize("page,query,selected", URL_VIEWS, ids=[v[0] for v in URL_VIEWS])
+def test_a_pasted_link_reopens_every_page_on_its_run_and_main_selections(monkeypatch, runs_dir, page, query,
+                                                                         selected) -> None:
+    """Each page reads ``?run=`` and its main selections from the URL, and writes them back, so a link pasted
+    into a chat reopens the same view; a second user's fresh session given the written URL sees the same."""
+    at = _app(monkeypatch, runs_dir)
+    at.query_params.update(query)
+    _open(at, page)
+    for key, value in selected.items():
+        assert at.session_state[key] == value, (page, key)
+    for name, value in query.items():
+        assert _qp(at, name) == value, (page, name, at.query_params)
+    again = _app(monkeypatch, runs_dir)  # the URL the page wrote, opened in a new session
+    again.query_params.update({k: _qp(at, k) for k in at.query_params})
+    _open(again, page)
+    for key, value in selected.items():
+        assert again.session_state[key] == value, (page, key)
+
+
+def test_a_changed_selection_and_an_emptied_compare_list_are_written_to_the_url(monkeypatch, runs_dir) -> None:
+    at = _app(monkeypatch, runs_dir)
+    _open(at, "compare")
+    at.multiselect(key="_w_runs").set_value(["runs:alpha"]).run()
+    assert _qp(at, "runs") == "runs:alpha"
+    at.multiselect(key="_w_runs").set_value([]).run()
+    assert _qp(at, "runs") == ""
+    fresh = _app(monkeypatch, runs_dir)
+    fresh.query_params["runs"] = ""
+    _open(fresh, "compare")
+    assert fresh.multiselect(key="_w_runs").value == []  # an emptied selection in a link stays empty
+    live = _open(_app(monkeypatch, runs_dir), "live")
+    live.multiselect(key="_w_live_runs").set_value(["beta"]).run()
+    assert _qp(live, "watch") == "beta" and _qp(live, "focus") == "beta"

@@ -128,3 +128,9 @@ def test_key_settings_and_flags_summarise_a_run() -> None:
         findings = [F("info", "fine"), F("warning", "w"), F("critical", "c")]
 
     assert tables.flags_text(R()) == "[critical] c; [warning] w"
+    assert tables.health_summary(R()) == "1 critical · 1 warning"
+    R.findings = [*R.findings, F("warning", "w2")]
+    assert tables.health_summary(R(), damaged=2) == "2 damaged · 1 critical · 2 warnings"
+    assert tables.health_summary(None) == "ok"
+    assert tables.key_settings({"objective_params": {"clip_log_ratio": None}, "top_k": None}) == (
+        "clip_log_ratio=–, top_k=–")  # no Python None on the page
