@@ -33,9 +33,9 @@ def token_strings(tok: PreTrainedTokenizerBase) -> list[str | None]:
 
 def _as_tokenizer(tok: PreTrainedTokenizerBase | str | Path) -> PreTrainedTokenizerBase:
     if isinstance(tok, str | Path):
-        from opd_core.models import load_tokenizer
+        from opd_core.tokenizer_files import load_tokenizer
 
-        return load_tokenizer(tok)
+        return load_tokenizer(tok, fast=True)
     return tok
 
 
@@ -300,7 +300,7 @@ def cli_compare(path_a: str, path_b: str, as_json: bool) -> int:
     A toy preset stands for one tokenizer: its student on the A side, its teacher on the B side; the
     report names which, so `compare toy:mismatched toy:mismatched` says it compares student with teacher.
     """
-    from opd_core.models import resolve_model_path
+    from opd_core.tokenizer_files import resolve_model_path
 
     try:
         path_a_resolved = resolve_model_path(path_a, "student")

@@ -71,18 +71,18 @@ def gguf_available() -> bool:
     return True
 
 
-def _require_gguf(path: Path) -> None:
+def require_gguf(path: Path) -> None:
+    """ValueError naming the fix when the ``gguf`` package (transformers' GGUF reader) is not installed."""
     if not gguf_available():
         raise ValueError(f"{path}: reading a GGUF file needs the 'gguf' package; "
                          "install it with `pip install gguf` (or the 'real' extra: pip install -e '.[real]')")
 
 
 def load_gguf_tokenizer(file: Path):
-    """The tokenizer stored inside a GGUF file."""
-    from transformers import AutoTokenizer
+    """The tokenizer stored inside a GGUF file (converted once into the user cache, see ``tokenizer_files``)."""
+    from opd_core.tokenizer_files import load_gguf_tokenizer as load
 
-    _require_gguf(file)
-    return AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    return load(file)
 
 
 def load_gguf_model(file: Path, dtype=None):
@@ -95,7 +95,7 @@ def load_gguf_model(file: Path, dtype=None):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    _require_gguf(file)
+    require_gguf(file)
     dtype = dtype or torch.float32
     hf_logging.disable_progress_bar()
     loaded = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)

@@ -15,22 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from opd_core.tokenizer_files import TOKENIZER_FILES as _TOKENIZER_FILES
+from opd_core.tokenizer_files import ModelLoadError, load_tokenizer, resolve_model_path
+from opd_core.tokenizer_files import check_dir as _check_dir
+from opd_core.tokenizer_files import check_remote_code as _check_remote_code
+from opd_core.tokenizer_files import gguf_file as _gguf
+from opd_core.tokenizer_files import one_line as _one_line
+from opd_core.tokenizer_files import preset_path as _preset_path
+
+__all__ = ["DTYPES", "LoadedModel", "ModelLoadError", "ModelSource", "load_model", "load_pair", "load_tokenizer",
+           "preflight_model_source", "resolve_device", "resolve_dtype", "resolve_model_path", "vocab_fit_problem"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer could not be loaded; the message names the path, the problem and the fix."""
 
 
 @dataclass
@@ -72,82 +72,6 @@ def resolve_dtype(dtype: str = "float32", device: torch.device | None = None) ->
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def _check_dir(path: Path, what: str, needed: tuple[str, ...]) -> None:
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such folder; expected a local {what} directory, a .gguf file or a toy "
-                             "preset (toy:matched, toy:mismatched)")
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: is a file; expected a {what} directory (the folder save_pretrained wrote) "
-                             "or a .gguf file")
-    if not any((path / f).is_file() for f in needed):
-        raise ModelLoadError(f"{path}: not a {what} directory (none of {', '.join(needed)} found); "
-                             "point to the folder save_pretrained wrote")
-
-
-def _wants_remote_code(path: Path) -> bool:
-    for name in ("config.json", "tokenizer_config.json"):
-        file = path / name
-        if file.is_file():
-            try:
-                if "auto_map" in json.loads(file.read_text(encoding="utf-8")):
-                    return True
-            except (OSError, json.JSONDecodeError):
-                continue
-    return False
-
-
-def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
-    if _wants_remote_code(path) and not trust_remote_code:
-        raise ModelLoadError(f"{path}: this checkpoint needs its own Python code (auto_map in its config); "
-                             "set the config field trust_remote_code=true only if you trust its source")
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _gguf(path: Path) -> Path | None:
-    from opd_core.model_tools import find_gguf
-
-    try:
-        return find_gguf(path)
-    except ValueError as exc:
-        raise ModelLoadError(str(exc)) from None
-
-
-def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer folder or GGUF file (or a preset's student tokenizer); it must define an EOS token."""
-    path = _preset_path(str(path), role="student")
-    gguf_file = _gguf(path)
-    if gguf_file is not None:
-        from opd_core.model_tools import load_gguf_tokenizer
-
-        try:
-            tokenizer = load_gguf_tokenizer(gguf_file)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
-        except Exception as exc:
-            raise ModelLoadError(f"{gguf_file}: the tokenizer inside this GGUF file could not be read "
-                                 f"({_one_line(exc)}); convert it with `opd-lab models convert`") from None
-        return _require_eos(path, tokenizer)
-    _check_dir(path, "tokenizer", _TOKENIZER_FILES)
-    _check_remote_code(path, trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # transformers raises many types for a broken folder; report one line
-        raise ModelLoadError(f"{path}: tokenizer files could not be loaded ({_one_line(exc)}); "
-                             "re-save it with save_pretrained") from None
-    return _require_eos(path, tokenizer)
-
-
-def _require_eos(path: Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    if tokenizer.eos_token_id is None:
-        raise ModelLoadError(f"{path}: tokenizer has no EOS token; set \"eos_token\" in its "
-                             "tokenizer_config.json so responses can end")
-    return tokenizer
 
 
 def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32",
@@ -235,28 +159,6 @@ def _fill_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         gen.pad_token_id = tokenizer.pad_token_id
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
-
-
-def _preset_path(spec: str, role: str) -> Path:
-    """Map "toy:matched"/"toy:mismatched" to the preset's student or teacher folder; other specs unchanged."""
-    if not spec.startswith("toy:"):
-        return Path(spec)
-    from opd_core.toy.presets import PRESETS, resolve_pair
-
-    pair = resolve_pair(spec)
-    if pair is None:
-        raise ModelLoadError(f"{spec}: unknown toy preset; use one of {', '.join(PRESETS)}")
-    path = pair[0] if role == "student" else pair[1]
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: toy assets missing for {spec}; run `opd-lab toy build`")
-    return path
-
-
-def resolve_model_path(spec: str, role: str = "student") -> Path:
-    """Return the folder a model argument names: a local path, or a preset's student/teacher folder."""
-    if role not in ("student", "teacher"):
-        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
-    return _preset_path(spec, role)
 
 
 def load_pair(student: str, teacher: str, **kw) -> tuple[LoadedModel, LoadedModel]:

@@ -269,3 +269,60 @@ def test_a_byte_fallback_piece_never_stands_in_for_the_piece_the_tokenizer_emits
     t_id = int(mapping[student.convert_tokens_to_ids("t")])
     assert teacher.convert_ids_to_tokens(t_id) == "t"  # not <0x74>, which reads as "t" too
     assert teacher("t", add_special_tokens=False)["input_ids"] == [t_id]
+
+
+# ----------------------------------------------------------------------------- the torch-free reading is the same tokenizer
+
+
+SAMPLES = ["Hello, world! 12+34", "  The answer is “1998”.\n\tnaïve", "=85<end_of_turn><|im_end|><|eot_id|>", " <mask>"]
+
+
+def assert_same_tokenizer(fast, auto) -> None:
+    """Everything the comparison tools read from a tokenizer is the same on both readings."""
+    vf, va = vocabulary(fast), vocabulary(auto)
+    assert (vf.style, vf.raw, vf.keys, vf.special_ids, vf.roles, vf.template) == \
+           (va.style, va.raw, va.keys, va.special_ids, va.roles, va.template)
+    assert len(fast) == len(auto) and set(fast.all_special_ids) == set(auto.all_special_ids)
+    for text in SAMPLES:
+        for special in (False, True):
+            assert fast(text, add_special_tokens=special)["input_ids"] == auto(text, add_special_tokens=special)["input_ids"]
+    messages = [{"role": "user", "content": "2+2"}]
+    if auto.chat_template:
+        assert fast.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
+               auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3", "gemma3"])
+def test_reading_tokenizer_json_directly_gives_the_tokenizer_autotokenizer_builds(real, name):
+    from opd_core.tokenizer_files import read_tokenizer_json
+
+    fast = read_tokenizer_json(npm_tokenizer(name))
+    assert fast is not None  # the fast path is taken for these classes
+    assert_same_tokenizer(fast, real[name])
+
+
+def test_the_class_defaults_of_rebuilt_tokenizers_are_transformers_own():
+    import inspect
+
+    import transformers
+
+    from opd_core.tokenizer_files import REBUILT_AS_FILE
+
+    for name, defaults in REBUILT_AS_FILE.items():
+        params = inspect.signature(getattr(transformers, name).__init__).parameters
+        assert defaults == {k: p.default for k, p in params.items() if k.endswith("_token")}, name
+
+
+def test_a_gguf_tokenizer_is_converted_once_into_the_cache_and_reads_the_same(tmp_path, monkeypatch):
+    from opd_core import tokenizer_files
+    from opd_core.models import load_tokenizer
+
+    gguf = packaged_model("smollm2-135m-instruct")
+    monkeypatch.setenv("OPD_LAB_CACHE", str(tmp_path))
+    direct = tokenizer_files._read_gguf_tokenizer(gguf)
+    first = load_tokenizer(gguf)  # converts into tmp_path
+    assert list((tmp_path / "gguf-tokenizers").iterdir())
+    monkeypatch.setattr(tokenizer_files, "_read_gguf_tokenizer", lambda f: pytest.fail("read the GGUF again"))
+    for again in (load_tokenizer(gguf), load_tokenizer(gguf, fast=True)):
+        assert_same_tokenizer(again, direct)
+    assert_same_tokenizer(first, direct)
