@@ -50,6 +50,20 @@ def html_text(text: object, limit: int | None = None) -> str:
     return html.escape(plain(text, limit), quote=True)
 
 
+TEXT_TABLE_CSS = ("<style>.opd-text-table{border-collapse:collapse;width:100%;font-size:0.85rem;}"
+                  ".opd-text-table th,.opd-text-table td{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;"
+                  "vertical-align:top;overflow-wrap:anywhere;}.opd-text-table th{background:#f9fafb;}</style>")
+
+
+def text_table_html(frame) -> str:  # noqa: ANN001 - a pandas DataFrame of text
+    """A table of untrusted text for ``st.html`` that wraps inside its column (long paths and strings
+    without spaces break anywhere), every cell escaped: no Markdown, math or markup is ever rendered."""
+    head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"{TEXT_TABLE_CSS}<table class='opd-text-table'><tr>{head}</tr>{body}</table>"
+
+
 def plain_frame(frame):  # noqa: ANN001, ANN201 - a pandas DataFrame in, a copy out
     """A table for a plain-text widget (``st.dataframe``): every string cell through :func:`plain`, so bidi
     overrides and control characters in run data cannot reorder or hide what a cell shows."""

@@ -237,6 +237,10 @@ def cross_tokenizer(alignment: dict | None) -> bool:
     return alignment.get("eos_a") is not None and alignment.get("eos_a") != alignment.get("eos_b")
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
 def _pieces(row: dict) -> tuple[str, ...]:
     pieces = row.get("teacher_pieces")
     if pieces is not None and not isinstance(pieces, str | float):
@@ -272,6 +276,9 @@ def teacher_reading(row: dict, alignment: dict | None) -> TeacherReading:
             notes.append("What the teacher expected there, in its own vocabulary: " + ", ".join(
                 f"{visible(t)} p {_fmt(p, 2)}" for t, p in own[:3]) + ".")
         notes[0] = notes[0][0].upper() + notes[0][1:]
+    elif row.get("masked_reason") == "unaligned" or (row.get("aligned") is False and _missing(row.get("teacher_logp"))):
+        notes.append("No teacher token ends exactly where this token ends (the teacher's pieces cross its edge), "
+                     "so the teacher gives it no number and it is masked.")
     elif len(pieces) > 1:
         notes.append(f"The teacher reads this text as {len(pieces)} tokens of its own; its log p is their sum.")
     elif pieces and pieces[0] != token:

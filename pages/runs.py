@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, state, tables, widgets
-from app.inert import md, plain
+from app.inert import md, plain, text_table_html
 from opd_core import runs
 
 widgets.header("Runs", "Every run OPD Lab can see: the shipped samples and yours. Pick one to diagnose, "
@@ -44,9 +44,8 @@ st.caption("Status comes from status.json with the trainer's process checked (a 
            "as failed, stale). Metrics are the last logged values; health counts the Health page's critical "
            "and warning findings (and damaged files). Each run's settings and flags in words are below.")
 with st.expander("Settings, health flags and models of every run", icon=":material/tune:"):
-    details = table[["run", "settings", "flags", "student", "teacher"]].rename(
-        columns={"flags": "health flags"}).set_index("run")
-    st.table(details)
+    details = table[["run", "settings", "flags", "student", "teacher"]].rename(columns={"flags": "health flags"})
+    st.html(text_table_html(details))  # wraps (no sideways scroll) and renders no Markdown from run files
 
 st.subheader("Pick runs")
 run = widgets.pick_run(refs, "Diagnose this run")

@@ -2,9 +2,13 @@
 
 Each test leaves a screenshot in test-artifacts/screenshots/ (not committed) for review:
 - live-watch-list.png: the Live page after the watch list was edited to two runs;
-- deep-link-eos.png: ?run=baseline&step=200&sample=1&pos=34 opened at the student's <|im_end|>, the hover card
-  saying the teacher scored it as literal text and naming its own EOS among its candidates;
+- deep-link-eos.png: ?run=baseline&step=200&sample=S&pos=P opened at the student's <|im_end|> (the first
+  cross-tokenizer EOS of step 200, sample 0 when it has one, found from the data), the hover card saying the
+  teacher scored it as literal text it never uses and listing the teacher's own top-K in its own words;
+- deep-link-eos-teacher.png: the same token's group in the teacher's tokenization strip, its card open;
 - deep-link-eos-full.png: the same page whole, the teacher's own tokenization strip under the student's;
+- runs-table.png: the Runs table at 1440 px, no sideways scrolling, settings behind the details view;
+- url-round-trip.png: Compare reopened from the URL it wrote after its runs and metric were changed;
 - side-by-side.png / side-by-side-diff.png: baseline and masked sample runs on the same prompt, one colour scale,
   then coloured by the per-token difference;
 - sample-filter.png: the inspector with the "did not stop" filter on;
@@ -27,7 +31,7 @@ from app import config_form
 from app.navigation import available_specs
 from opd_core import runs
 from opd_core.synthetic_runs import write_synthetic_run
-from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
+from tests.browser_support import REPO, SCREENSHOTS, chromium_page, running_opd_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -122,24 +126,47 @@ def test_editing_the_live_watch_list_in_the_browser(server, page) -> None:
     _no_exception(page)
 
 
+def baseline_eos(step: int = 200) -> tuple[int, int, bool]:
+    """(sample, pos) of the baseline sample run's cross-tokenizer EOS at ``step``: the student's <|im_end|>
+    scored by the teacher as literal text (unmasked), sample 0 when it has one; and whether the run logged the
+    teacher's own top-K. Found from the data, so a rebuilt sample run does not break the link."""
+    run = runs.run_path(REPO / "sample_runs", "baseline-sampled-token")
+    tokens = runs.read_tokens(run, steps=[step])
+    eos = tokens[tokens["is_eos"] & ~tokens["masked"]].sort_values(["sample", "pos"])
+    assert len(eos), f"the baseline logs no unmasked EOS at step {step}"
+    first = eos[eos["sample"] == 0].iloc[0] if (eos["sample"] == 0).any() else eos.iloc[0]
+    return int(first["sample"]), int(first["pos"]), "teacher_own_topk" in tokens.columns
+
+
 def test_a_deep_link_opens_the_baseline_eos_token_with_both_tokenizations(server, page) -> None:
     url, _, _ = server
-    _open(page, f"{url}/inspector?run=samples:baseline-sampled-token&step=200&sample=1&pos=34&color=log_ratio",
-          "Token inspector")
+    sample, pos, own_logged = baseline_eos()
+    _open(page, f"{url}/inspector?run=samples:baseline-sampled-token&step=200&sample={sample}&pos={pos}"
+                "&color=log_ratio", "Token inspector")
     token = page.locator(".opd-tok.opd-selected").first
     token.wait_for(timeout=30_000)
-    assert token.get_attribute("data-pos") == "34"
+    assert token.get_attribute("data-pos") == str(pos)
     assert page.locator(".opd-group").count() > 0, "the teacher's tokenization strip is missing"
     token.scroll_into_view_if_needed()
     token.hover()
     tip = token.locator(".opd-tip")
     tip.wait_for(state="visible", timeout=5_000)
     card = tip.inner_text()
-    assert "literal text" in card and "</s>" in card and "scored as text" in card, card
+    assert "literal text" in card and "never uses" in card and "</s>" in card and "scored as text" in card, card
+    if own_logged:  # runs built since the engine logs it: the teacher's own top-K, in its own vocabulary
+        assert "Teacher's own top-" in card and "teacher piece" in card, card
     box = tip.bounding_box()
     assert box and box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"], "hover card is clipped"
-    assert "pos=34" in page.url and "step=200" in page.url
+    assert f"pos={pos}" in page.url and "step=200" in page.url and f"sample={sample}" in page.url
     _shot(page, "deep-link-eos.png")
+    group = page.locator(f".opd-group[data-pos='{pos}']").first  # the same token in the teacher's strip
+    group.scroll_into_view_if_needed()
+    group.hover()
+    group_tip = group.locator(".opd-tip")
+    group_tip.wait_for(state="visible", timeout=5_000)
+    text = group_tip.inner_text()
+    assert "literal text" in text and ("Teacher's own top-" in text if own_logged else "not logged" in text), text
+    _shot(page, "deep-link-eos-teacher.png")
     page.mouse.move(5, 5)
     _shot(page, "deep-link-eos-full.png", full_page=True)  # the teacher's tokenization strip under the student's
     _no_exception(page)
@@ -225,3 +252,48 @@ def test_hostile_run_strings_fetch_nothing_and_open_no_dialog(server, page) -> N
     assert not [u for u in fetched if u.endswith(HOSTILE_URL_PATH) or "127.0.0.1:9/" in u], fetched
     assert dialogs == []
     assert page.locator("img[src='x']").count() == 0
+
+
+def test_the_runs_table_fits_a_1440_px_window_without_scrolling_sideways(server, page) -> None:
+    url, _, _ = server
+    _open(page, f"{url}/", "Runs")
+    grid = page.locator('[data-testid="stDataFrame"] .dvn-scroller').first
+    grid.wait_for(timeout=60_000)
+    scroll, client = grid.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert scroll <= client, f"the Runs table scrolls sideways: {scroll} px of columns in {client} px"
+    assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    header = page.locator('[data-testid="stDataFrame"]').first.inner_text()
+    _shot(page, "runs-table.png")
+    page.get_by_text("Settings, health flags and models of every run").first.click()
+    _settle(page)
+    details = page.locator("table.opd-text-table").first
+    details.wait_for(timeout=30_000)
+    assert "settings" in details.inner_text() and "health flags" in details.inner_text(), header
+    wide = details.evaluate("e => [e, ...e.querySelectorAll('*')].filter(x => x.scrollWidth > x.clientWidth + 1)"
+                            ".map(x => [x.tagName, x.className, x.scrollWidth, x.clientWidth, x.innerText.slice(0, 60)])")
+    assert not wide, f"the details view scrolls sideways: {wide}"
+    _no_exception(page)
+
+
+def test_a_compare_link_copied_from_the_address_bar_reopens_the_same_view(server, page) -> None:
+    url, _, _ = server
+    _open(page, f"{url}/compare?runs=samples:baseline-sampled-token,samples:topk-support&metric=grad_norm",
+          "Compare")
+    box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to compare").first
+    assert "baseline-sampled-token" in box.inner_text() and "topk-support" in box.inner_text()
+    _pick(page, "Metric", "response_len")
+    page.get_by_text("tokens seen", exact=True).first.click()
+    _settle(page)
+    copied = page.url
+    assert "metric=response_len" in copied and "x=tokens+seen" in copied.replace("%20", "+"), copied
+    page.goto("about:blank")
+    _open(page, copied, "Compare")  # the link pasted into a fresh tab
+    box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to compare").first
+    chosen = box.inner_text()
+    assert "baseline-sampled-token" in chosen and "topk-support" in chosen and "masked" not in chosen, chosen
+    # the chosen metric drives the curves' download button, and the page writes back what it shows
+    assert page.get_by_role("button", name="Download response_len curves (CSV)").count() == 1
+    assert "metric=response_len" in page.url and "samples%3Atopk-support" in page.url, page.url
+    assert page.get_by_role("radio", name="tokens seen").is_checked()
+    _shot(page, "url-round-trip.png")
+    _no_exception(page)

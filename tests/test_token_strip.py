@@ -204,3 +204,21 @@ def test_a_special_token_split_into_teacher_pieces_is_literal_even_when_it_is_no
     reading = teacher_reading(row, alignment)
     assert reading.literal and reading.note.startswith("It scored the student's special token <think>")
     assert not teacher_reading({**row, "masked": True}, alignment).literal  # masked: no number is used
+
+
+def test_an_unaligned_token_is_said_to_have_no_teacher_number_not_a_sum_of_pieces() -> None:
+    from app.token_strip import teacher_reading
+
+    alignment = {"eos_a": "<|im_end|>", "eos_b": "<eos>", "shared_vocabulary": False}
+    row = {"token": "<|im_end|>", "is_special": True, "is_eos": True, "masked": True, "masked_reason": "unaligned",
+           "aligned": False, "teacher_logp": float("nan"), "teacher_pieces": [".<", "|", "im", "_", "end", "|>"]}
+    note = teacher_reading(row, alignment).note
+    assert "no number" in note and "sum" not in note
+
+
+def test_text_tables_escape_markup_and_markdown_and_wrap() -> None:
+    from app.inert import text_table_html
+
+    out = text_table_html(pd.DataFrame({"run": [SCRIPT], "settings": ["$x^2$ ![i](http://h/x.png)"]}))
+    assert "<script>" not in out and "&lt;script&gt;" in out and "overflow-wrap:anywhere" in out
+    assert "<img" not in out and "$x^2$" in out  # st.html renders no Markdown or math: the text stays text
