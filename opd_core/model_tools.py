@@ -62,6 +62,67 @@ def packaged_gguf(name: str) -> Path | None:
         return None
 
 
+# GGUF value types (gguf.GGUFValueType) -> the size of one scalar; 8 is a string, 9 an array.
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_TOKENS_KEY, _EMBEDDING = "tokenizer.ggml.tokens", "token_embd.weight"
+
+
+def gguf_vocab_and_rows(file: str | Path) -> tuple[int | None, int | None]:
+    """(tokens in the file's token list, rows of its ``token_embd`` table) read from the header alone.
+
+    ``gguf.GGUFReader`` builds an array per token (2 s of CPU for SmolLM2, 10 s for Gemma-3's 262K
+    tokens); this walks the header (GGUF v2/v3, little-endian) and only counts, which takes a fraction
+    of that. None for what the file does not say or where the header cannot be read (the loader then
+    reports the file).
+    """
+    import mmap
+    import struct
+
+    n_tokens = rows = None
+    try:
+        with open(file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", buf, 0)
+            if magic != b"GGUF" or version not in (2, 3):
+                return None, None
+            at = 24
+
+            def string(at: int) -> tuple[bytes, int]:
+                (size,) = struct.unpack_from("<Q", buf, at)
+                return buf[at + 8:at + 8 + size], at + 8 + size
+
+            def skip(kind: int, at: int) -> int:
+                if kind in _GGUF_SCALAR:
+                    return at + _GGUF_SCALAR[kind]
+                if kind == 8:
+                    return at + 8 + struct.unpack_from("<Q", buf, at)[0]
+                if kind != 9:
+                    raise ValueError(f"unknown GGUF value type {kind}")
+                item, count = struct.unpack_from("<IQ", buf, at)
+                at += 12
+                if item in _GGUF_SCALAR:
+                    return at + count * _GGUF_SCALAR[item]
+                for _ in range(count):
+                    at = skip(item, at)
+                return at
+
+            for _ in range(n_kv):
+                key, at = string(at)
+                (kind,) = struct.unpack_from("<I", buf, at)
+                if key == _TOKENS_KEY.encode() and kind == 9:
+                    n_tokens = struct.unpack_from("<IQ", buf, at + 4)[1]
+                at = skip(kind, at + 4)
+            for _ in range(n_tensors):
+                name, at = string(at)
+                (dims,) = struct.unpack_from("<I", buf, at)
+                shape = struct.unpack_from(f"<{dims}Q", buf, at + 4)
+                at += 4 + 8 * dims + 12
+                if name == _EMBEDDING.encode() and len(shape) == 2:
+                    return n_tokens, int(shape[1])  # GGUF lists dims innermost first: (hidden, rows)
+    except (OSError, ValueError, struct.error):
+        return n_tokens, rows
+    return n_tokens, rows
+
+
 def gguf_available() -> bool:
     """Whether transformers can read GGUF here (it needs the ``gguf`` package)."""
     try:

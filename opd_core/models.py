@@ -175,8 +175,8 @@ class ModelSource:
     """What the pre-flight check learnt about a model argument without loading its weights."""
 
     path: Path
-    vocab_size: int | None  # the tokenizer's vocabulary (None: checked later by the GGUF loader)
-    embedding_rows: int | None  # config.json's vocab_size
+    vocab_size: int | None  # the tokenizer's vocabulary (a GGUF file: its token list; None where unknown)
+    embedding_rows: int | None  # config.json's vocab_size (a GGUF file: its token_embd rows)
     gguf: bool = False
 
 
@@ -185,15 +185,16 @@ def preflight_model_source(spec: str, role: str = "student", *, trust_remote_cod
 
     The folder exists; config.json is a readable JSON object; its own code is refused unless trusted;
     a tokenizer is there and loads; it fits the embedding table. A ``.gguf`` file (or a folder holding
-    one) is accepted here and checked later by the GGUF loader.
+    one) is read from its header: the reader is installed, it is GGUF, its token list fits its
+    ``token_embd`` table.
     """
     path = resolve_model_path(spec, role).expanduser()
     if path.suffix == ".gguf" and not path.exists():
         raise ModelLoadError(f"{path}: no such file; give a .gguf file, a checkpoint folder or a toy preset")
     gguf_file = _gguf(path)  # a .gguf file, or a folder holding exactly one (and no config.json)
     if gguf_file is not None:
-        _preflight_gguf(gguf_file)
-        return ModelSource(gguf_file, None, None, gguf=True)
+        n_tokens, rows = _preflight_gguf(gguf_file)
+        return ModelSource(gguf_file, n_tokens, rows, gguf=True)
     _check_dir(path, "checkpoint", ("config.json",))
     try:
         config = json.loads((path / "config.json").read_bytes().decode("utf-8"))
@@ -217,11 +218,11 @@ def preflight_model_source(spec: str, role: str = "student", *, trust_remote_cod
     return ModelSource(path, n, rows)
 
 
-def _preflight_gguf(file: Path) -> None:
-    """What can be checked of a GGUF file in a moment: the reader is installed and the file is GGUF.
-    (Its vocabulary is checked against its embedding table when it loads: reading the header's token
-    list takes longer than a pre-flight should.)"""
-    from opd_core.model_tools import gguf_available
+def _preflight_gguf(file: Path) -> tuple[int | None, int | None]:
+    """Check a GGUF file in a moment: the reader is installed, the file is GGUF, and its token list fits
+    its embedding table (read from the header, see ``model_tools.gguf_vocab_and_rows``). Returns
+    (tokens, embedding rows), None where the header does not say."""
+    from opd_core.model_tools import gguf_available, gguf_vocab_and_rows
 
     if not gguf_available():
         raise ModelLoadError(f"{file}: reading a GGUF file needs the 'gguf' package; install it with "
@@ -234,3 +235,9 @@ def _preflight_gguf(file: Path) -> None:
     if magic != b"GGUF":
         raise ModelLoadError(f"{file}: not a GGUF file (it does not start with 'GGUF'); give a .gguf checkpoint "
                              "or the folder save_pretrained wrote")
+    n_tokens, rows = gguf_vocab_and_rows(file)
+    if n_tokens is not None and rows is not None and n_tokens > rows:
+        raise ModelLoadError(f"{file}: its token list has {n_tokens} tokens but its token_embd table has only "
+                             f"{rows} rows, so {n_tokens - rows} token id(s) have no embedding; re-export the GGUF "
+                             "from a checkpoint whose tokenizer fits its embeddings, or use a Hugging Face folder")
+    return n_tokens, rows

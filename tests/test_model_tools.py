@@ -95,3 +95,62 @@ def test_config_accepts_a_gguf_model_argument_and_hints_at_convert(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="models convert"):
         from_dict({"student": str(tmp_path / "empty")})
+
+
+def write_gguf(path, n_tokens: int, rows: int, hidden: int = 8) -> None:
+    """A tiny GGUF file: a token list and a token_embd table (written by the gguf package itself)."""
+    gguf = pytest.importorskip("gguf", reason="the 'gguf' package is not installed (pip install -e '.[real]')")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(n_tokens)])
+    writer.add_token_merges(["t 0", "t 1"])  # an array of strings after the token list: skipped, not counted
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("token_embd.weight", np.zeros((rows, hidden), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_the_gguf_header_gives_the_token_count_and_embedding_rows_as_the_gguf_reader_does(tmp_path):
+    from opd_core.model_tools import gguf_vocab_and_rows
+
+    write_gguf(tmp_path / "m.gguf", n_tokens=37, rows=40)
+    import gguf
+
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert gguf_vocab_and_rows(tmp_path / "m.gguf") == (len(reader.fields["tokenizer.ggml.tokens"].data),
+                                                        int(embd.shape[1])) == (37, 40)
+    (tmp_path / "cut.gguf").write_bytes((tmp_path / "m.gguf").read_bytes()[:200])  # truncated: unknown
+    assert gguf_vocab_and_rows(tmp_path / "cut.gguf")[1] is None  # rows unknown: nothing is refused
+
+
+def test_a_gguf_whose_tokens_outnumber_its_embedding_rows_is_refused_before_a_run_dir(tmp_path, capsys):
+    from opd_core import cli
+    from opd_core.models import preflight_model_source
+
+    write_gguf(tmp_path / "ok.gguf", n_tokens=40, rows=48)  # padding rows are normal
+    source = preflight_model_source(str(tmp_path / "ok.gguf"))
+    assert (source.vocab_size, source.embedding_rows) == (40, 48)
+    bad = tmp_path / "bad" / "m.gguf"
+    bad.parent.mkdir()
+    write_gguf(bad, n_tokens=41, rows=40)
+    with pytest.raises(ModelLoadError, match="41 tokens but its token_embd table has only 40 rows"):
+        preflight_model_source(str(bad.parent))
+    runs_dir = tmp_path / "runs"
+    assert cli.main(["train", "baseline", "--set", f"teacher={bad}", "--runs-dir", str(runs_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "token_embd" in err and "re-export" in err and "'teacher'" in err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_the_packaged_ggufs_fit_their_embeddings_by_their_headers():
+    from opd_core.model_tools import gguf_vocab_and_rows
+    from tests.real_assets import packaged_model
+
+    assert gguf_vocab_and_rows(packaged_model("smollm2-135m-instruct")) == (49_152, 49_152)
+    assert gguf_vocab_and_rows(packaged_model("gemma-3-270m")) == (262_144, 262_144)
