@@ -71,7 +71,7 @@ def _failed(measurement: str, why: str, goal: str) -> Row:
 
 
 # --------------------------------------------------------------------------------------- rows
-def step_rows(quick: bool, rounds: int, vocab: int | str = 0, steps: int = 10) -> list[Row]:
+def step_rows(quick: bool, rounds: int, vocab: int | str = 0, steps: int = 10, batch: int = 32) -> list[Row]:
     """Training step time, ours vs TRL, on the same pair, batch, length and objective family.
 
     ``vocab`` 0 is the trained toy pair; otherwise the toy sizes with that vocabulary and random weights
@@ -79,7 +79,7 @@ def step_rows(quick: bool, rounds: int, vocab: int | str = 0, steps: int = 10) -
     """
     from benchmarks.vs_trl import compare
 
-    steps, batch, new = (3, 4, 6) if quick else (steps, 32, 24)
+    steps, batch, new = (3, 4, 6) if quick else (steps, batch, 24)
     cases = ["ours:reverse_kl", "ours:topk_support", "trl:gkd", "trl:distillation"]
     per_round = [compare(cases, steps, batch, new, isolate=not quick, vocab=vocab, timeout=900)
                  for _ in range(rounds)]
@@ -125,7 +125,7 @@ def step_rows(quick: bool, rounds: int, vocab: int | str = 0, steps: int = 10) -
     return rows
 
 
-def real_pair_rows(quick: bool, rounds: int, steps: int = 10) -> list[Row]:
+def real_pair_rows(quick: bool, rounds: int, steps: int = 10, batch: int = 32) -> list[Row]:
     """The step rows on the real SmolLM2 pair, or one line saying what to install."""
     from benchmarks.real_pair import available
 
@@ -133,7 +133,7 @@ def real_pair_rows(quick: bool, rounds: int, steps: int = 10) -> list[Row]:
     if why:
         print(f"[benchmarks] real: {why}", file=sys.__stderr__, flush=True)
         return [Row("step time on the real SmolLM2-135M pair", "skipped", "-", None, why, None)]
-    return step_rows(quick, rounds, REAL, steps)
+    return step_rows(quick, rounds, REAL, steps, batch)
 
 
 def memory_rows(quick: bool) -> list[Row]:
@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--rounds", type=int, default=2,
                         help="step-time rounds, cases interleaved (the best round counts; default 2)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="sequences per step of the vocab, vocab152 and real rows (4 rollouts per prompt)")
     parser.add_argument("--steps", type=int, default=10,
                         help="training steps per step-time case (the first 2 are warm-up; default 10)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
@@ -293,9 +295,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     runners = {"step": lambda: step_rows(args.quick, rounds, 0, args.steps),
                "memory": lambda: memory_rows(args.quick), "logging": lambda: logging_rows(args.quick),
                "pages": lambda: page_rows(args.quick, args.cache_dir), "scaling": lambda: scaling_rows(args.quick),
-               "vocab": lambda: step_rows(args.quick, rounds, 4096 if args.quick else VOCAB, args.steps),
-               "vocab152": lambda: step_rows(args.quick, rounds, 8192 if args.quick else VOCAB_LARGE, args.steps),
-               "real": lambda: real_pair_rows(args.quick, rounds, args.steps)}
+               "vocab": lambda: step_rows(args.quick, rounds, 4096 if args.quick else VOCAB, args.steps, args.batch),
+               "vocab152": lambda: step_rows(args.quick, rounds, 8192 if args.quick else VOCAB_LARGE, args.steps,
+                                             args.batch),
+               "real": lambda: real_pair_rows(args.quick, rounds, args.steps, args.batch)}
     for name in sections:
         t0 = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)

@@ -5,7 +5,8 @@ work. Both sides: student and teacher ``toy:matched`` (the teacher's padding row
 insists on equal vocab sizes), the same number of prompts of the toy addition task, on-policy rollouts
 from the student (``lmbda=1``), temperature 1, the same ``max_new_tokens``, AdamW, and 1 torch thread in
 each process (the engine's own choice for tiny models; TRL gets ``torch.set_num_threads(1)`` too, so the
-comparison is fair). TRL's objective is ``generalized_jsd_loss`` with ``beta=1`` (reverse KL over the full
+comparison is fair), and float32 on both sides (TRL's configs default to bf16 autocast and gradient
+checkpointing, which ``TRL_SAME_ARITHMETIC`` turns off: the same arithmetic as ours). TRL's objective is ``generalized_jsd_loss`` with ``beta=1`` (reverse KL over the full
 vocabulary); ours is ``reverse_kl`` (the same divergence, chunked) and ``topk_support``.
 
 Each case runs in a fresh subprocess; the reported number is the median step of the steady state
@@ -48,6 +49,9 @@ CASES = {
     "trl:distillation": ("trl", "distillation", {"beta": 1.0}),
 }
 WARMUP_STEPS = 2
+# TRL's configs default to bf16=True (bf16 autocast, on CPU too) and gradient_checkpointing=True; ours runs
+# float32 with no recomputation. Identical work means the same arithmetic: both sides float32, no checkpointing.
+TRL_SAME_ARITHMETIC = {"bf16": False, "gradient_checkpointing": False}
 REAL = "smollm2"  # the ``vocab`` value naming the real pair (SmolLM2-135M teacher, its 2-layer cut)
 
 
@@ -150,7 +154,7 @@ def _trl_trainer(kind: str, beta: float, steps: int, batch: int, max_new_tokens:
     examples = AdditionTask().examples("train", batch * steps, 0)
     common = dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
                   beta=beta, logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
-                  disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                  disable_tqdm=True, seed=0, dataloader_num_workers=0, **TRL_SAME_ARITHMETIC)
     if kind == "gkd":
         try:
             from trl.experimental.gkd import GKDConfig, GKDTrainer
