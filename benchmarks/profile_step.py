@@ -7,6 +7,7 @@ functions with the most time (torch ops show as their Python entry points).
 
     python benchmarks/profile_step.py --vocab 32768 --objective topk_support
     python benchmarks/profile_step.py --vocab 151936 --objective reverse_kl --batch 8
+    python benchmarks/profile_step.py --vocab 32768 --batch 8 --trl gkd   # TRL's step, by phase, same work
 """
 
 from __future__ import annotations
@@ -45,6 +46,47 @@ def build_trainer(run_root: str, objective: str, vocab: int | str, batch: int, m
     return Trainer(cfg, run_dir, log=lambda *_: None)
 
 
+def profile_trl(kind: str, vocab: int | str, batch: int, max_new_tokens: int, steps: int) -> dict[str, float]:
+    """TRL's step on the same work as ``vs_trl.measure_trl``, split into generation, ``compute_loss`` (both
+    forwards and the loss) and the rest (backward, clipping, optimizer); medians in ms after 2 warm-up steps."""
+    import statistics
+
+    import torch
+    from transformers import TrainerCallback
+
+    from benchmarks.vs_trl import _steady, _trl_trainer
+
+    torch.set_num_threads(1)
+    spent: dict[str, list[float]] = {"generate": [], "compute_loss": [], "step": []}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name].append(time.perf_counter() - t0)
+        return wrapper
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ARG002
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+            spent["step"].append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trl_trainer(kind, 1.0, steps + 2, batch, max_new_tokens, tmp, vocab)
+        gen = "generate_on_policy_outputs" if kind == "gkd" else "_generate_and_score_completions"
+        setattr(trainer, gen, timed("generate", getattr(trainer, gen)))
+        trainer.compute_loss = timed("compute_loss", trainer.compute_loss)
+        trainer.add_callback(StepTimer())
+        trainer.train()
+    out = {k: 1e3 * statistics.median(_steady(v)) for k, v in spent.items() if v}
+    out["rest"] = out["step"] - out.get("generate", 0.0) - out.get("compute_loss", 0.0)
+    return {k: round(v) for k, v in out.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", default="32768", help="vocabulary of the random-weight pair, or 'smollm2'")
@@ -53,8 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--steps", type=int, default=1, help="non-logging steps profiled after one warm-up step")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--trl", choices=["gkd", "distillation"], help="profile TRL's trainer instead of our loop")
     args = parser.parse_args(argv)
     vocab = args.vocab if args.vocab == "smollm2" else int(args.vocab)
+    if args.trl:
+        print(f"TRL {args.trl}, median ms per step: {profile_trl(args.trl, vocab, args.batch, args.max_new_tokens, 3)}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tr = build_trainer(tmp, args.objective, vocab, args.batch, args.max_new_tokens, args.steps)
         tr.observe(tr.train_step(2), False)  # warm-up (not a logging step)
