@@ -307,7 +307,9 @@ def own_topk_html(reading: TeacherReading, k: int) -> str:
 def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> str:
     sampled_id = row.get("token_id")
     reading = teacher_reading(row, alignment)
-    rank = "n/a (scored as text)" if reading.literal else _fmt(row.get("teacher_rank"))
+    rank = row.get("teacher_rank")
+    rank = ("n/a (scored as text)" if reading.literal else
+            "n/a" if _missing(rank) or rank == 0 else _fmt(rank))  # 0 = unknown (no 1:1 teacher position)
     head = (f"<b>pos {_fmt(row.get('pos'))}</b> · token <b>{display_token(row.get('token'))}</b>"
             f" · {html.escape(column)} = <b>{_fmt(row.get(column))}</b><br>"
             f"log p student {_fmt(row.get('student_logp'))} · teacher {_fmt(row.get('teacher_logp'))}"
@@ -326,17 +328,18 @@ def _tooltip(row: dict, column: str, k: int, alignment: dict | None = None) -> s
     if not cand:
         return head + (own or "<br><i>no top-K candidates logged</i>")
     body = []
+    any_teacher = any(t_id is not None for _, _, _, _, _, t_id, _ in cand)
     for rank, t_tok, t_p, s_tok, s_p, t_id, s_id in cand:
         hit = sampled_id is not None and (t_id == sampled_id or s_id == sampled_id)
-        t_text = display_token(t_tok)
+        t_text = display_token(t_tok) if any_teacher else ""  # none logged here: blank, not a column of ∅
         if reading.eos_pair is not None and t_tok == reading.eos_pair[0]:
             t_text = f"{display_token(reading.eos_pair[1])} <i>(as {display_token(t_tok)})</i>"
         body.append(
             f"<tr class='{'opd-hit' if hit else ''}'><td>{rank}</td>"
-            f"<td>{t_text}</td><td class='num'>{_fmt(t_p, 2)}</td>"
+            f"<td>{t_text}</td><td class='num'>{_fmt(t_p, 2) if any_teacher else ''}</td>"
             f"<td>{display_token(s_tok)}</td><td class='num'>{_fmt(s_p, 2)}</td></tr>"
         )
-    teacher_head = "teacher (mapped)" if own else "teacher"
+    teacher_head = ("teacher (mapped)" if any_teacher else "teacher (none: not 1:1)") if own else "teacher"
     return (head + f"<table><tr><th>#</th><th>{teacher_head}</th><th>p</th><th>student</th><th>p</th></tr>"
             + "".join(body) + "</table>" + own)
 

@@ -54,7 +54,7 @@ st.dataframe(plain_frame(summary), hide_index=True, width="stretch",
                             "best_eval_accuracy": st.column_config.NumberColumn("best eval acc", format="%.3f"),
                             "mean_grad_norm": st.column_config.NumberColumn("mean grad norm", format="%.3g"),
                             "final_response_len": st.column_config.NumberColumn("final resp. len", format="%.1f"),
-                            "flags": st.column_config.TextColumn("health flags", width=480)})
+                            "flags": st.column_config.TextColumn("health flags", width=380)})
 st.caption("Final and best eval accuracy over the logged evaluations, mean gradient norm over all steps, the last "
            "response length, and the Health page's warnings (listed in full below).")
 for run_label, text in flags.items():

@@ -222,3 +222,14 @@ def test_text_tables_escape_markup_and_markdown_and_wrap() -> None:
     out = text_table_html(pd.DataFrame({"run": [SCRIPT], "settings": ["$x^2$ ![i](http://h/x.png)"]}))
     assert "<script>" not in out and "&lt;script&gt;" in out and "overflow-wrap:anywhere" in out
     assert "<img" not in out and "$x^2$" in out  # st.html renders no Markdown or math: the text stays text
+
+
+def test_an_unknown_teacher_rank_and_missing_teacher_candidates_read_as_such_not_as_0_or_empty_boxes() -> None:
+    alignment = {"eos_a": "<|im_end|>", "eos_b": "<eos>", "shared_vocabulary": False}
+    rows = _rows(["a", "b"], teacher_rank=[0, 2], teacher_pieces=[[".<", "a"], ["b"]],
+                 teacher_topk_ids=[[], [10, 99]], teacher_topk_logps=[[], [-0.1, -2.0]],
+                 teacher_own_topk=[_own((".", 0.5)), _own(("b", 0.9))])
+    html = token_strip_html(rows, "signal", alignment=alignment)
+    first, second = html.split("data-pos='1'")
+    assert "teacher rank n/a" in first and "teacher (none: not 1:1)" in first and "∅" not in first.split("opd-own")[0]
+    assert "teacher rank 2" in second and "teacher (mapped)" in second
