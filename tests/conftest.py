@@ -12,6 +12,7 @@ run) would build that fixture once per worker if its tests were spread out, so s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+
+
+@pytest.fixture(scope="session")
+def ddp_single_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-process toy run that the torchrun and accelerate runs (test_distributed, test_accelerate_launch)
+    must equal: trained once per worker, read only."""
+    from tests.test_distributed import single_process_run
+
+    return single_process_run(tmp_path_factory.mktemp("ddp-single"))

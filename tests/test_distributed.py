@@ -17,11 +17,24 @@ SETTINGS = ["steps=3", "prompts_per_step=4", "num_rollouts=1", "temperature=0", 
             "log_tokens_every=3", "checkpoint_every=0", "objective=reverse_kl", "reference_rollouts=false"]
 
 
-def _train(tmp: Path, name: str, launcher: list[str]) -> Path:
-    args = [*launcher, "-m", "opd_core", "train", "matched", "--runs-dir", str(tmp), "--name", name,
-            "--no-progress"]
+def _args(tmp: Path, name: str) -> list[str]:
+    args = ["train", "matched", "--runs-dir", str(tmp), "--name", name, "--no-progress"]
     for s in SETTINGS:
         args += ["--set", s]
+    return args
+
+
+def single_process_run(tmp: Path) -> Path:
+    """The one-process run the two-process ones must equal: the same `opd-lab train`, in this process (only the
+    two-process launches need processes of their own). Shared by this module and test_accelerate_launch."""
+    from opd_core.cli import main
+
+    assert main(_args(tmp, "single")) == 0
+    return tmp / "single"
+
+
+def _train(tmp: Path, name: str, launcher: list[str]) -> Path:
+    args = [*launcher, "-m", "opd_core", *_args(tmp, name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -29,11 +42,11 @@ def _train(tmp: Path, name: str, launcher: list[str]) -> Path:
 
 
 @pytest.mark.slow
-def test_two_process_data_parallel_run_equals_single_process_run(tmp_path):
-    single = _train(tmp_path, "single", [sys.executable])
+def test_two_process_data_parallel_run_equals_single_process_run(tmp_path, ddp_single_run):
+    single = ddp_single_run
     ddp = _train(tmp_path, "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    "--nproc_per_node", "2"])
-    assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["ddp", "single"]  # rank 0 alone made one
+    assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["ddp"]  # rank 0 alone made one
     assert runs.validate_run_dir(ddp) == []
     assert runs.read_status(ddp)["world_size"] == 2
     a = runs.read_metrics(single)

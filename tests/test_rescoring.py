@@ -244,17 +244,26 @@ def test_bad_student_checkpoint_fails_before_any_run_dir(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+SHARD_ARGS = ["score", str(ROLLOUTS / "plain.jsonl"), "--teacher", "toy:matched", "--student", "toy:matched",
+              "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def one_rank_scoring(tmp_path_factory) -> Path:
+    """The single-process scoring the two-rank ones are compared with: run once, in this process (the same
+    `opd-lab score` entry point; only the two-rank runs need their own processes)."""
+    runs_dir = tmp_path_factory.mktemp("one-rank")
+    assert main([*SHARD_ARGS, "--runs-dir", str(runs_dir), "--name", "one"]) == 0
+    return runs_dir / "one"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_scoring_shards_over_two_ranks_and_rank0_writes_the_same_rows(tmp_path, launcher):
+def test_scoring_shards_over_two_ranks_and_rank0_writes_the_same_rows(tmp_path, launcher, one_rank_scoring):
     from tests.test_accelerate_launch import _free_port
 
-    args = ["-m", "opd_core", "score", str(ROLLOUTS / "plain.jsonl"), "--teacher", "toy:matched", "--student",
-            "toy:matched", "--batch-size", "2", "--no-progress", "--runs-dir", str(tmp_path)]
+    args = ["-m", "opd_core", *SHARD_ARGS, "--runs-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *args, "--name", "one"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
     start = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
              if launcher == "torchrun" else
              [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -263,9 +272,9 @@ def test_scoring_shards_over_two_ranks_and_rank0_writes_the_same_rows(tmp_path, 
     two = subprocess.run([*start, *args, "--name", "two"], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=env)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["one", "two"]
+    assert sorted(r.run_id for r in runs.list_runs(tmp_path)) == ["two"]  # rank 0 alone made one
     assert runs.read_status(tmp_path / "two")["world_size"] == 2
-    a = runs.read_tokens(tmp_path / "one").sort_values(KEY).reset_index(drop=True)
+    a = runs.read_tokens(one_rank_scoring).sort_values(KEY).reset_index(drop=True)
     b = runs.read_tokens(tmp_path / "two").sort_values(KEY).reset_index(drop=True)
     assert len(a) == len(b) and not b.duplicated(KEY).any()
     np.testing.assert_allclose(b["teacher_logp"], a["teacher_logp"], atol=1e-5)
