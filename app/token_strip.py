@@ -40,7 +40,7 @@ STRIP_CSS = """
 .opd-tok{position:relative;display:inline-block;white-space:pre;padding:0 2px;margin:1px 1px;border-radius:3px;
   cursor:pointer;outline:none;border:1px solid transparent;}
 .opd-tok:hover,.opd-tok:focus{border-color:#1f2937;}
-.opd-tok.opd-masked{opacity:0.45;text-decoration:line-through;}
+.opd-tok.opd-masked .opd-txt{opacity:0.45;text-decoration:line-through;}
 .opd-tok.opd-special{border-style:dashed;border-color:#6b7280;}
 .opd-tok.opd-top{box-shadow:0 0 0 2px #7c3aed;}
 .opd-tok.opd-selected{outline:3px solid #111827;outline-offset:1px;}
@@ -403,7 +403,8 @@ def token_strip_html(
             classes.append("opd-selected")
         spans.append(
             f"<span class='{' '.join(classes)}' tabindex='0' data-pos='{pos}' "
-            f"style='background:{colour};color:{_text_colour(colour)}'>{display_token(row.get('token'))}"
+            f"style='background:{colour};color:{_text_colour(colour)}'><span class='opd-txt'>"
+            f"{display_token(row.get('token'))}</span>"
             f"<span class='opd-tip'>{_tooltip(row, color_by, top_k, alignment)}</span></span>"
         )
     parts = [STRIP_CSS]
