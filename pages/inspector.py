@@ -193,7 +193,8 @@ with left:
         table["teacher_token"] = [f"{visible(reading.eos_pair[1])} (as {visible(t)})" if t == reading.eos_pair[0]
                                   else visible(str(t)) for t in table["teacher_token"]]
     else:
-        table["teacher_token"] = [visible(str(t)) for t in table["teacher_token"]]
+        table["teacher_token"] = [visible(str(t)) if i is not None else "" for t, i in zip(table["teacher_token"],
+                                                                                         table["teacher_id"])]
     table["student_token"] = [visible(str(t)) for t in table["student_token"]]
     st.dataframe(plain_frame(table.drop(columns=["teacher_id", "student_id"])), hide_index=True, width="stretch",
                  column_config={"teacher_prob": st.column_config.ProgressColumn("teacher p", min_value=0.0,

@@ -444,15 +444,31 @@ def test_no_code_patches_sys_path() -> None:
     assert offenders == []
 
 
+def baseline_eos(step: int = 200) -> tuple[int, int, bool]:
+    """(sample, pos) of the baseline sample run's cross-tokenizer EOS at ``step``: the student's <|im_end|>
+    scored by the teacher as literal text (unmasked), sample 0 when it has one; and whether the run logged the
+    teacher's own top-K. Found from the data, so a rebuilt sample run does not break the link."""
+    run = runs.run_path(REPO / "sample_runs", "baseline-sampled-token")
+    tokens = runs.read_tokens(run, steps=[step])
+    eos = tokens[tokens["is_eos"] & ~tokens["masked"]].sort_values(["sample", "pos"])
+    assert len(eos), f"the baseline logs no unmasked EOS at step {step}"
+    first = eos[eos["sample"] == 0].iloc[0] if (eos["sample"] == 0).any() else eos.iloc[0]
+    return int(first["sample"]), int(first["pos"]), "teacher_own_topk" in tokens.columns
+
+
 def test_a_deep_link_opens_the_inspector_at_that_token_and_the_url_follows(monkeypatch, tmp_path) -> None:
     at = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
-    # sample 1's EOS (position 34) at step 200 of the v2 baseline: the student's <|im_end|>, read as text
-    at.query_params.update({"run": "samples:baseline-sampled-token", "step": "200", "sample": "1", "pos": "34",
-                            "color": "log_ratio"})
+    # the baseline's step-200 EOS (sample 0 when it has one): the student's <|im_end|>, read as text
+    sample, pos, own_logged = baseline_eos()
+    at.query_params.update({"run": "samples:baseline-sampled-token", "step": "200", "sample": str(sample),
+                            "pos": str(pos), "color": "log_ratio"})
     _open(at, "inspector")
     assert at.selectbox(key="insp_step:samples:baseline-sampled-token").value == 200
-    assert next(s for s in at.selectbox if s.label == "Sample").value == 1
-    assert next(s for s in at.selectbox if s.label == "Position").value == 34
+    assert next(s for s in at.selectbox if s.label == "Sample").value == sample
+    assert next(s for s in at.selectbox if s.label == "Position").value == pos
+    if own_logged:  # the teacher's own top-K at that token, in its own words (its end token first)
+        own = next(d.value for d in at.dataframe if "teacher_piece" in d.value.columns)
+        assert own["teacher_prob"].iloc[0] > 0.5, own
     assert at.selectbox(key="insp_colour").value == "log_ratio"
     assert "opd-selected" in _html(at) and "scored as text" in _html(at)
     assert any("literal text" in i.value for i in at.info)

@@ -31,7 +31,7 @@ from app import config_form
 from app.navigation import available_specs
 from opd_core import runs
 from opd_core.synthetic_runs import write_synthetic_run
-from tests.browser_support import REPO, SCREENSHOTS, chromium_page, running_opd_lab
+from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -126,19 +126,9 @@ def test_editing_the_live_watch_list_in_the_browser(server, page) -> None:
     _no_exception(page)
 
 
-def baseline_eos(step: int = 200) -> tuple[int, int, bool]:
-    """(sample, pos) of the baseline sample run's cross-tokenizer EOS at ``step``: the student's <|im_end|>
-    scored by the teacher as literal text (unmasked), sample 0 when it has one; and whether the run logged the
-    teacher's own top-K. Found from the data, so a rebuilt sample run does not break the link."""
-    run = runs.run_path(REPO / "sample_runs", "baseline-sampled-token")
-    tokens = runs.read_tokens(run, steps=[step])
-    eos = tokens[tokens["is_eos"] & ~tokens["masked"]].sort_values(["sample", "pos"])
-    assert len(eos), f"the baseline logs no unmasked EOS at step {step}"
-    first = eos[eos["sample"] == 0].iloc[0] if (eos["sample"] == 0).any() else eos.iloc[0]
-    return int(first["sample"]), int(first["pos"]), "teacher_own_topk" in tokens.columns
-
-
 def test_a_deep_link_opens_the_baseline_eos_token_with_both_tokenizations(server, page) -> None:
+    from tests.test_app_pages import baseline_eos
+
     url, _, _ = server
     sample, pos, own_logged = baseline_eos()
     _open(page, f"{url}/inspector?run=samples:baseline-sampled-token&step=200&sample={sample}&pos={pos}"
