@@ -67,8 +67,12 @@ sources = dict(zip(index["sample"].astype(int), index.get("prefix_source", pd.Se
 sample_key = f"insp_sample:{run.key}:{step}"
 top = widgets.guarded(run, state.top_tokens, run.path, [step], n=10)
 
+linked_filters = widgets.url_list("filter")  # ?filter=wrong,did not stop from a shared link, once
+if linked_filters is not None:
+    st.session_state["insp_filters"] = [f for f in linked_filters if f in tables.SAMPLE_FILTERS]
 wanted = st.pills("Show only samples that are", list(tables.SAMPLE_FILTERS), selection_mode="multi",
                   key="insp_filters", help="Filters combine: 'wrong' + 'did not stop' = wrong answers that ran on.")
+widgets.keep_list_in_url("filter", wanted or [])
 samples = tables.filter_samples(flags, wanted)
 if apply_link and link_sample is not None:
     if link_sample in samples:

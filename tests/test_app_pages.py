@@ -485,6 +485,11 @@ def test_sample_filters_keep_only_matching_samples(monkeypatch, tmp_path) -> Non
     at.run()
     kept = next(s for s in at.selectbox if s.label == "Sample").options
     assert 0 < len(kept) < len(every) and all("did not stop" in k for k in kept)
+    assert _qp(at, "filter") == "did not stop"  # the filter is part of the link too
+    linked = _app(monkeypatch, tmp_path / "no-user-runs", REPO / "sample_runs")
+    linked.query_params.update({"run": "samples:baseline-sampled-token", "filter": "did not stop"})
+    _open(linked, "inspector")
+    assert next(s for s in linked.selectbox if s.label == "Sample").options == kept
 
 
 @pytest.fixture(scope="module")
