@@ -31,10 +31,12 @@ import torch
 from opd_core.rollout import Sampling, sample_responses
 from opd_core.tasks import Example, final_answer
 
-SINCE_ERROR_GRID: tuple[int, ...] = (-1, 0, 1, 2, 4, 8, 16)  # -1: cut just before the first wrong token
+# -1: cut just before the first wrong token. Past 8 the points are spaced for the far bucket: the v2 teacher
+# rescues about as often 12 tokens after an error as right after it, and falls only beyond (docs/diagnostics.md).
+SINCE_ERROR_GRID: tuple[int, ...] = (-1, 0, 1, 2, 4, 8, 12, 16, 20, 24)
 CONFIDENT_TOP1 = 0.9
 DEFAULT_LOOP_CUTS = 12  # per logging step inside the loop, greedy only (docs/diagnostics.md: the cost)
-MILD_MAX, FAR_MIN = 2, 8  # tokens since the first error: "mild" drift <= 2, "far" >= 8
+MILD_MAX, FAR_MIN = 2, 16  # tokens since the first error: "mild" drift <= 2, "far" >= 16
 
 
 @dataclass
@@ -233,11 +235,39 @@ def summarize(cuts: pd.DataFrame) -> dict:
         out[f"rescue_rate_before_error{suffix}"] = _rate(cuts[cuts["kind"] == "before_error"][col])
         out[f"rescue_rate_on_support{suffix}"] = _rate(on[col])
         out[f"rescue_rate_teacher_own{suffix}"] = _rate(cuts[cuts["kind"] == "teacher_own"][col])
+    for name, rows in (("mild", after[since <= MILD_MAX]), ("far", after[since >= FAR_MIN])):
+        out[f"rescue_rate_{name}_ci"] = list(wilson_interval(int(rows["rescued_greedy"].sum()), len(rows)))
+        out[f"n_{name}"] = int(len(rows))
+    out.update(paired_fall(after))
     top1 = after["teacher_top1"].astype(float)
     known = after[np.isfinite(top1)]
     confident_fail = (known["teacher_top1"] >= CONFIDENT_TOP1) & ~known["rescued_greedy"]
     out["confidently_wrong_share"] = float(confident_fail.mean()) if len(known) else None
     out["mild_max_since_error"], out["far_min_since_error"] = MILD_MAX, FAR_MIN
+    return out
+
+
+def paired_fall(after: pd.DataFrame) -> dict:
+    """How much less often the teacher rescues far drift than mild drift *in the same response* (greedy): the
+    mean over responses cut both ways of (mild rate - far rate), its standard error and the count.
+
+    Pooled rates compare different responses (only long ones reach the far bucket); pairing removes that
+    and most of the noise, so a fall of two standard errors is a fall, not a draw of the cuts."""
+    keys = ["step", "sample"]
+    out = {"rescue_fall_mild_far": None, "rescue_fall_mild_far_se": None, "rescue_fall_pairs": 0}
+    if after.empty or not set(keys) <= set(after.columns):
+        return out
+    since = after["since_error"].astype(float)
+    rescued = after["rescued_greedy"].astype(float)
+    mild = rescued[since <= MILD_MAX].groupby([after[k][since <= MILD_MAX] for k in keys]).mean()
+    far = rescued[since >= FAR_MIN].groupby([after[k][since >= FAR_MIN] for k in keys]).mean()
+    diff = (mild - far).dropna()
+    n = int(len(diff))
+    out["rescue_fall_pairs"] = n
+    if n:
+        out["rescue_fall_mild_far"] = float(diff.mean())
+    if n > 1:
+        out["rescue_fall_mild_far_se"] = float(diff.std(ddof=1) / np.sqrt(n))
     return out
 
 
@@ -255,12 +285,30 @@ def by_position(cuts: pd.DataFrame, bucket: int = 8) -> pd.DataFrame:
     return _grouped(rows, ["pos_bucket", "kind"])
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate (95% at z = 1.96): unlike p ± z·se it stays inside [0, 1] and
+    is honest at 0/n and n/n, where the rescue buckets often sit. (NaN, NaN) when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def _grouped(rows: pd.DataFrame, keys) -> pd.DataFrame:
+    """n, the greedy rate with its Wilson 95% interval (ci_low, ci_high), the sampled rate and the teacher's
+    mean top-1 per group."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     if rows.empty:
-        return pd.DataFrame(columns=[*keys, "n", "rescue_rate_greedy", "rescue_rate_sampled", "teacher_top1"])
+        return pd.DataFrame(columns=[*keys, "n", "rescue_rate_greedy", "ci_low", "ci_high", "rescue_rate_sampled",
+                                     "teacher_top1"])
     g = rows.groupby(keys, sort=True)
-    out = pd.DataFrame({"n": g.size(), "rescue_rate_greedy": g["rescued_greedy"].mean(),
+    n, k = g.size(), g["rescued_greedy"].sum()
+    bounds = [wilson_interval(int(a), int(b)) for a, b in zip(k, n)]
+    out = pd.DataFrame({"n": n, "rescue_rate_greedy": g["rescued_greedy"].mean(),
+                        "ci_low": [b[0] for b in bounds], "ci_high": [b[1] for b in bounds],
                         "rescue_rate_sampled": g["rescued_sampled"].mean(),
                         "teacher_top1": g["teacher_top1"].mean()})
     return out.reset_index()

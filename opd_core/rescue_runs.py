@@ -137,8 +137,9 @@ def format_summary(result: dict) -> str:
              f"rescued (sampled): drifted {pct('rescue_rate_drifted_sampled')}, teacher's own "
              f"{pct('rescue_rate_teacher_own_sampled')}",
              f"confidently wrong: {pct('confidently_wrong_share')} of drifted cuts"]
-    lines += [f"  {int(r['since_error']):>3} tokens since error: {r['rescue_rate_greedy']:.0%} greedy, "
-              f"{r['rescue_rate_sampled']:.0%} sampled (n={int(r['n'])})" for r in result["by_since_error"]]
+    lines += [f"  {int(r['since_error']):>3} tokens since error: {r['rescue_rate_greedy']:.0%} greedy"
+              + (f" [{r['ci_low']:.0%}, {r['ci_high']:.0%}]" if r.get("ci_low") is not None else "")
+              + f", {r['rescue_rate_sampled']:.0%} sampled (n={int(r['n'])})" for r in result["by_since_error"]]
     return "\n".join(lines)
 
 

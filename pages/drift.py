@@ -76,8 +76,10 @@ else:
     _s = _rescued["summary"]
     c = st.columns(4)
     c[0].metric("rescued, drifted prefixes", widgets.fmt(_s.get("rescue_rate_drifted"), ".0%"))
-    c[1].metric("…mild drift (≤ 2 tokens)", widgets.fmt(_s.get("rescue_rate_mild"), ".0%"))
-    c[2].metric("…far drift (≥ 8 tokens)", widgets.fmt(_s.get("rescue_rate_far"), ".0%"))
+    c[1].metric(f"…mild drift (≤ {_s.get('mild_max_since_error', 2)} tokens)",
+                widgets.fmt(_s.get("rescue_rate_mild"), ".0%"))
+    c[2].metric(f"…far drift (≥ {_s.get('far_min_since_error', 16)} tokens)",
+                widgets.fmt(_s.get("rescue_rate_far"), ".0%"))
     c[3].metric("…teacher's own prefixes", widgets.fmt(_s.get("rescue_rate_teacher_own"), ".0%"))
     widgets.chart(charts_paper.rescue_figure(pd.DataFrame(_rescued["by_since_error"]), _s),
                   "Each point: of the student prefixes cut that many tokens after its first wrong token, the share "

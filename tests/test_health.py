@@ -141,6 +141,59 @@ def test_alignment_mismatch_with_masking_off_is_flagged_and_with_masking_on_is_n
     assert "mismatch" not in on.modes()
 
 
+def _onset_table(step: int, after: list[float], before: list[float] | None = None) -> pd.DataFrame:
+    """A healthy step whose teacher top-1 at the first prefix holding the student's error is ``after[sample %
+    len(after)]`` and one token earlier ``before[...]`` (0.85 everywhere else, entropy flat): only the
+    error-onset evidence can speak."""
+    t = healthy_table(step)
+    onset = (t["tokens_since_off_support"] == 1).to_numpy()
+    sample = t["sample"].to_numpy()
+    t.loc[onset, "teacher_top1_prob"] = np.asarray(after, dtype=np.float32)[sample % len(after)][onset]
+    if before is not None:
+        prior = np.roll(onset, -1)  # rows are in (sample, pos) order and an error never starts at pos 0
+        t.loc[prior, "teacher_top1_prob"] = np.asarray(before, dtype=np.float32)[sample % len(before)][prior]
+    return t
+
+
+def test_drift_fires_on_the_top1_fall_right_after_the_students_first_error(tmp_path):
+    report = health(write_run(tmp_path / "fall", table=lambda s: _onset_table(s, [0.5])))
+    (finding,) = [f for f in report.findings if f.mode == "drift"]
+    assert finding.evidence["error_onset_top1_drop"] == pytest.approx(0.35, abs=1e-4)
+    assert finding.evidence["error_onset_top1_before"] == pytest.approx(0.85)
+    assert 20 <= finding.evidence["error_onset_n"] <= 24  # 8 responses x 3 logged steps, a few err at the end
+    assert "first error" in finding.title and "fork" in finding.fix and "max_new_tokens" in finding.fix
+    # a small fall, or a mean fall no larger than twice its standard error (responses disagree), stays quiet
+    assert "drift" not in health(write_run(tmp_path / "small", table=lambda s: _onset_table(s, [0.8]))).modes()
+    # responses fall by 1 or rise by 1 (5 in 8 fall): a mean fall of ~0.25 with a standard error of ~0.2
+    flips = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    noisy = health(write_run(tmp_path / "noisy", table=lambda s: _onset_table(s, flips, [1 - x for x in flips])))
+    assert "drift" not in noisy.modes()
+
+
+def test_eos_mismatch_is_critical_from_the_first_logged_step_when_the_pooled_share_has_faded():
+    # The student soon stops ending its answers (no EOS rows after step 0, larger signals on ordinary tokens):
+    # pooled over the run the EOS carries ~2% of |signal|, at the start it carried most of it.
+    from opd_core.diagnostics.health import check_mismatch
+    from opd_core.synthetic_runs import synthetic_token_table
+
+    later = []
+    for step in range(1, 11):
+        t = synthetic_token_table(step, eos_mismatch=False)
+        t["is_eos"], t["is_special"], t["token"], t["teacher_token"] = False, False, "7", "7"
+        t["signal"] = t["signal"] * 50
+        later.append(t)
+    tokens = pd.concat([synthetic_token_table(0, eos_mismatch=True), *later], ignore_index=True)
+    (finding,) = check_mismatch(tokens, None, {"objective": "sampled_token"})
+    ev = finding.evidence
+    assert ev["eos_signal_share"] < 0.15 < 0.5 < ev["eos_signal_share_first_step"]
+    assert ev["eos_token_share_first_step"] == pytest.approx(1 / 24, abs=1e-4)
+    assert ev["eos_signal_enrichment_first_step"] > 10
+    assert finding.severity == "critical" and "first logged step" in finding.title
+    masked = tokens.assign(masked=tokens["is_eos"])
+    assert all(f.severity != "critical" for f in check_mismatch(masked, None, {"objective": "sampled_token",
+                                                                              "mask_special_tokens": True}))
+
+
 # ----------------------------------------------------------------------------- training checks from metrics
 
 

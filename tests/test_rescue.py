@@ -18,7 +18,7 @@ def test_plan_cycles_distances_and_matches_positions():
     wrong = {(1, i): 5 for i in range(10)}
     cuts = rescue.plan_cuts(rollouts, wrong, budget=None)
     errs = [c for c in cuts if c.kind in ("before_error", "after_error")]
-    assert [c.since_error for c in errs[:7]] == list(rescue.SINCE_ERROR_GRID)
+    assert [c.since_error for c in errs[:len(rescue.SINCE_ERROR_GRID)]] == list(rescue.SINCE_ERROR_GRID)
     assert all(c.length == 5 + 1 + c.since_error for c in errs)
     assert {c.kind for c in cuts} == {"before_error", "after_error", "on_support", "teacher_own"}
     positions = {c.length for c in errs}
@@ -51,6 +51,11 @@ def test_summary_rates_and_confidently_wrong():
     assert s["confidently_wrong_share"] == 0.5  # two of four drifted cuts: top-1 >= 0.9 and not rescued
     by = rescue.by_since_error(rows)
     assert list(by["since_error"]) == [-1, 0, 1, 8, 16]
+    assert by["ci_low"].between(0, 1).all() and (by["ci_low"] <= by["rescue_rate_greedy"]).all()
+    assert (by["rescue_rate_greedy"] <= by["ci_high"]).all()
+    # the same response cut mild (rescued) and far (not): one pair, a fall of 1, no standard error from one
+    assert s["rescue_fall_mild_far"] == 1.0 and s["rescue_fall_pairs"] == 1 and s["rescue_fall_mild_far_se"] is None
+    assert s["n_mild"] == 2 and s["n_far"] == 1 and s["rescue_rate_far_ci"][0] == 0.0
     assert rescue.summarize(rows.iloc[0:0]) == {"n_cuts": 0}
     assert math.isclose(rescue.step_metrics(rows)["rescue_rate_on_support"], 1.0)
 
@@ -73,3 +78,20 @@ def test_loop_logs_rescue_metrics_with_their_own_timing(tmp_path):
     assert 0 < row["rescue_cuts"] <= rescue.DEFAULT_LOOP_CUTS
     assert row["t_rescue"] > 0
     assert "rescue_rate_on_support" in m.columns and "confidently_wrong_share" in m.columns
+
+
+def test_wilson_interval_stays_in_range_and_is_honest_at_the_ends():
+    lo, hi = rescue.wilson_interval(5, 10)
+    assert math.isclose(lo, 0.2366, abs_tol=1e-4) and math.isclose(hi, 0.7634, abs_tol=1e-4)
+    assert rescue.wilson_interval(0, 10)[0] == 0.0 and 0.2 < rescue.wilson_interval(0, 10)[1] < 0.35
+    assert rescue.wilson_interval(10, 10)[1] == 1.0 and 0.65 < rescue.wilson_interval(10, 10)[0] < 0.8
+    assert all(math.isnan(x) for x in rescue.wilson_interval(0, 0))
+
+
+def test_paired_fall_compares_each_response_with_itself():
+    # Response 0 is rescued near the error and not far from it; response 1 neither; response 2 has no far cut.
+    rows = pd.DataFrame({"step": 1, "sample": [0, 0, 1, 1, 2], "since_error": [0, 16, 1, 20, 0],
+                         "rescued_greedy": [True, False, False, False, True]})
+    fall = rescue.paired_fall(rows)
+    assert fall["rescue_fall_pairs"] == 2 and fall["rescue_fall_mild_far"] == 0.5
+    assert math.isclose(fall["rescue_fall_mild_far_se"], 0.5)

@@ -23,7 +23,8 @@ def measured():
     from opd_core.toy.measure_v2 import measure_pair
 
     student, teacher = resolve_pair("toy:matched-v2")
-    return measure_pair(student, teacher, n_prompts=16, rollouts=4, seed=3, rescue_budget=240)
+    # every cut of 64 student rollouts: about 30 responses reach both the mild and the far bucket
+    return measure_pair(student, teacher, n_prompts=16, rollouts=4, seed=3, rescue_budget=None)
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +48,19 @@ def test_teacher_is_good_and_student_well_below(measured, build_metrics):
 
 def test_teacher_rescues_mild_drift_but_not_far_drift(measured):
     r = measured["rescue"]
+    # on its own support the teacher finishes nearly everything
     assert r["rescue_rate_teacher_own"] >= 0.9
     assert r["rescue_rate_before_error"] >= 0.8
-    # recovery is possible, and the teacher does it near the error (at the run's sampling and greedily)...
-    assert r["rescue_rate_mild_sampled"] >= 0.5 and r["rescue_rate_mild"] >= 0.3
-    # ...less far from it (clearly at 16 tokens), and far less than on its own prefixes
-    assert r["rescue_rate_teacher_own"] - r["rescue_rate_drifted"] >= 0.3, r
+    # recovery is possible, and near the error the teacher does it: the 95% interval's low end is well above 0
+    assert r["rescue_rate_mild_ci"][0] >= 0.25, r
+    assert r["rescue_rate_mild_sampled"] >= 0.5
+    # far from the error (>= 16 tokens) it rescues less than near it in the same responses, by more than
+    # twice the paired standard error (measured 0.17-0.33 at +-0.06-0.11 over seeds 0-3, 96 rollouts each)
+    assert r["rescue_fall_pairs"] >= 20, r
+    assert r["rescue_fall_mild_far"] > 2 * r["rescue_fall_mild_far_se"], r
+    # and far below what it does on its own prefixes: the far interval's top end is 0.3 under it
+    assert r["rescue_rate_far_ci"][1] <= r["rescue_rate_teacher_own"] - 0.3, r
     assert r["rescue_rate_teacher_own_sampled"] - r["rescue_rate_drifted_sampled"] >= 0.1, r
-    by = {row["since_error"]: row["rescue_rate_greedy"] for row in measured["rescue_by_since_error"]}
-    assert by[16] < by[0] and by[16] < by[-1] - 0.3, by
 
 
 def test_teacher_is_less_sure_right_after_the_students_error(measured):
@@ -79,14 +84,36 @@ def test_mismatched_pair_keeps_the_special_token_mismatch(build_metrics):
     assert build_metrics["models"]["teacher_mismatched"]["student_eos_logp"] < -5
 
 
-def test_build_is_seeded_and_bit_reproducible(tmp_path):
-    from opd_core.toy.build_v2 import WorldV2, train_one
+def _digests(root) -> dict[str, str]:
+    """sha256 of every file the build wrote; metrics.json without its timings (wall clock, not content)."""
+    import hashlib
 
-    world = WorldV2(teacher_stages=((2, 2e-3, 0.7),), port_steps=1, batch_size=4)
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "metrics.json":
+            metrics = json.loads(data)
+            metrics.pop("build_seconds")
+            for entry in metrics["models"].values():
+                entry.pop("train_seconds")
+            data = json.dumps(metrics, sort_keys=True).encode()
+        out[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def test_build_runs_every_stage_end_to_end_and_twice_gives_the_same_bytes(tmp_path):
+    # The shipped recipe's whole sequence (v1 teacher -> two fine-tuning stages; port to the other tokenizer
+    # -> fine-tune; student copied; measured), in worker processes as `opd-lab toy build --world v2` runs
+    # it, with tiny step counts.
+    from opd_core.toy.build_v2 import WorldV2, build_v2
+
+    world = WorldV2(teacher_stages=((2, 2e-3, 0.7), (2, 1e-3, 0.9)), port_steps=2, batch_size=4)
     digests = []
     for run in ("a", "b"):
-        out = tmp_path / run
-        out.mkdir()
-        train_one("teacher", str(out), 10, world, 2)
-        digests.append((out / "teacher" / "model.safetensors").read_bytes())
+        metrics = build_v2(tmp_path / run / "assets_v2", world=world, eval_examples=2, measure_prompts=1,
+                           log=lambda _m: None)
+        assert [m["train_steps"] for m in metrics["models"].values()] == [4, 2, 0]
+        assert metrics["measured"]["rescue"]["n_cuts"] > 0
+        digests.append(_digests(tmp_path / run / "assets_v2"))
+    assert {f.split("/")[0] for f in digests[0]} == {"teacher", "teacher_mismatched", "student", "metrics.json"}
     assert digests[0] == digests[1]

@@ -326,6 +326,43 @@ def position_matched_gap(tokens: pd.DataFrame, bucket: int = 8, measure: str = "
             "n_drifted": int(w[ok].sum()), "buckets": int(ok.sum())}
 
 
+def error_onset(tokens: pd.DataFrame) -> dict:
+    """The teacher just before and right after the student's first error, in the same response: its top-1
+    probability and entropy at the prefix ending before the first wrong token against the prefix ending with
+    it (adjacent positions, so position cannot confound it; needs the grader's ``prefix_wrong``).
+
+    Averaged over whole position buckets the drifted-minus-on-support gap washes out (the v2 teacher stays
+    sure on most drifted prefixes, and wrong); at the error itself the drop is large and consistent. Keys:
+    top1_before, top1_after, top1_drop (before minus after) and its paired standard error top1_drop_se,
+    entropy_before, entropy_after, entropy_gap, n (responses with both rows)."""
+    out = {"top1_before": float("nan"), "top1_after": float("nan"), "top1_drop": float("nan"),
+           "top1_drop_se": float("nan"), "entropy_before": float("nan"), "entropy_after": float("nan"),
+           "entropy_gap": float("nan"), "n": 0}
+    rows = _stat_rows(narrow(tokens, POSITION_COLUMNS))
+    rows = rows[~source_is(rows, "teacher")]
+    if rows.empty or "prefix_wrong" not in rows.columns:
+        return out
+    frame = pd.DataFrame({"step": rows["step"].to_numpy(), "sample": rows["sample"].to_numpy(),
+                          "pos": float_column(rows, "pos"), "wrong": bool_column(rows, "prefix_wrong"),
+                          "top1": float_column(rows, "teacher_top1_prob"),
+                          "entropy": float_column(rows, "teacher_entropy")})
+    onset = frame[frame["wrong"]].groupby(["step", "sample"], sort=False)["pos"].min().rename("onset")
+    frame = frame.join(onset, on=["step", "sample"])
+    after = frame[frame["pos"] == frame["onset"]].set_index(["step", "sample"])
+    before = frame[frame["pos"] == frame["onset"] - 1].set_index(["step", "sample"])
+    paired = after[["top1", "entropy"]].merge(before[["top1", "entropy"]], left_index=True, right_index=True,
+                                              suffixes=("_after", "_before")).dropna()
+    if paired.empty:
+        return out
+    diff = (paired["top1_before"] - paired["top1_after"]).to_numpy()
+    n = len(paired)
+    return {"top1_before": float(paired["top1_before"].mean()), "top1_after": float(paired["top1_after"].mean()),
+            "top1_drop": float(diff.mean()), "top1_drop_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1
+            else float("nan"), "entropy_before": float(paired["entropy_before"].mean()),
+            "entropy_after": float(paired["entropy_after"].mean()),
+            "entropy_gap": float((paired["entropy_after"] - paired["entropy_before"]).mean()), "n": n}
+
+
 def overlap_by_position(tokens: pd.DataFrame, bucket: int = 8) -> pd.DataFrame:
     """Mean top-K overlap masses (the student's and the teacher's mass on the shared top-K set) and local
     teachability per position bucket on student prefixes, for the first and latest logged steps.

@@ -58,6 +58,7 @@ class Thresholds:
     confidently_wrong_warning: float = 0.25  # a quarter of drifted cuts: top-1 >= 0.9 and still not rescued
     matched_entropy_gap: float = 0.1    # nats, drifted minus on-support at the same positions
     matched_top1_drop: float = 0.1      # top-1 probability, on-support minus drifted at the same positions
+    onset_min_responses: int = 20       # responses with a first error (both sides of it logged) before reading it
     special_share_warning: float = 0.25
     special_share_critical: float = 0.5
     eos_share_warning: float = 0.15

@@ -100,6 +100,14 @@ def check_drift(tokens: pd.DataFrame, t: Thresholds = THRESHOLDS, rescue_summary
     evidence.update({"position_matched_entropy_gap": _num(pm["entropy_gap"]),
                      "position_matched_top1_drop": _num(pm["top1_drop"]),
                      "position_matched_n_drifted": pm["n_drifted"]})
+    onset = drift.error_onset(tokens)
+    if onset["n"] >= t.onset_min_responses and _finite(onset["top1_drop"]) and (
+            onset["top1_drop"] >= t.matched_top1_drop and onset["top1_drop"] >= 2 * onset["top1_drop_se"]):
+        reasons.append(f"right after the student's first error its top-1 probability falls from "
+                       f"{onset['top1_before']:.0%} to {onset['top1_after']:.0%} (entropy "
+                       f"{onset['entropy_gap']:+.2f} nats; {onset['n']} responses)")
+    evidence.update({f"error_onset_{k}": _num(onset[k]) for k in (
+        "top1_before", "top1_after", "top1_drop", "top1_drop_se", "entropy_gap", "n")})
     entropy = _entropy_finding(tokens, t)
     if entropy is not None:
         entropy.evidence.update(evidence)
@@ -164,14 +172,20 @@ def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
                    t: Thresholds = THRESHOLDS) -> list[Finding]:
     """FM3: special tokens / EOS carry a large, wrong signal, or the pair disagrees on them with masking off."""
     s = mismatch.summary(tokens, alignment)
-    special, eos = s.get("special_signal_share"), s.get("eos_signal_share")
+    # The larger of the pooled share and the first logged step's: a broken EOS shrinks its own pooled share
+    # as the student stops ending its answers (docs/diagnostics.md).
+    special = _larger(s.get("special_signal_share"), s.get("special_signal_share_first_step"))
+    eos = _larger(s.get("eos_signal_share"), s.get("eos_signal_share_first_step"))
     eos_ratio, eos_masked = s.get("eos_mean_log_ratio"), s.get("eos_masked_share")
     masking_on = bool(config.get("mask_special_tokens"))
     reasons = []
     if _finite(special) and special >= t.special_share_warning:
-        reasons.append(f"special tokens carry {special:.0%} of the signal")
+        reasons.append(f"special tokens carry {special:.0%} of the signal{_where(s, 'special_signal_share', special)}")
     if _finite(eos) and eos >= t.eos_share_warning:
-        reasons.append(f"the EOS position carries {eos:.0%}")
+        enrich = s.get("eos_signal_enrichment_first_step")
+        times = f", {enrich:.0f}x its share of tokens" if _finite(enrich) and eos == s.get(
+            "eos_signal_share_first_step") else ""
+        reasons.append(f"the EOS position carries {eos:.0%}{_where(s, 'eos_signal_share', eos)}{times}")
     if _finite(eos_ratio) and eos_ratio <= t.eos_log_ratio and not (_finite(eos_masked) and eos_masked >= 0.5):
         reasons.append(f"the teacher scores the student's EOS {eos_ratio:.1f} nats below the student")
     if not masking_on and (s["eos_differs"] or s["n_differing_ids"] > 0):
@@ -193,7 +207,9 @@ def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
     if not carries:
         share = special if _finite(special) else 0.0
         reasons.append(f"this run's objective puts only {share:.1%} of its signal on special tokens")
-    keys = ("special_signal_share", "eos_signal_share", "eos_mean_log_ratio", "eos_masked_share",
+    keys = ("special_signal_share", "eos_signal_share", "special_signal_share_first_step",
+            "eos_signal_share_first_step", "eos_token_share_first_step", "eos_signal_enrichment_first_step",
+            "eos_mean_log_ratio", "eos_masked_share",
             "largest_log_ratio", "largest_log_ratio_token", "largest_log_ratio_teacher_token",
             "eos_a", "eos_b", "eos_differs", "n_differing_ids")
     evidence = {k: _num(s[k]) for k in keys if k in s}
@@ -206,6 +222,17 @@ def check_mismatch(tokens: pd.DataFrame, alignment: dict | None, config: dict,
             "not by id)",
         view="mismatch",
     )]
+
+
+def _larger(*values: Any) -> float:
+    finite = [float(v) for v in values if _finite(v)]
+    return max(finite) if finite else float("nan")
+
+
+def _where(summary: dict, key: str, value: float) -> str:
+    """" at the first logged step" when that step's share (not the pooled one) is the value quoted."""
+    pooled = summary.get(key)
+    return " at the first logged step" if not (_finite(pooled) and pooled >= value) else ""
 
 
 def check_collapse(tokens: pd.DataFrame, config: dict, t: Thresholds = THRESHOLDS) -> list[Finding]:
