@@ -170,6 +170,22 @@ def test_drift_fires_on_the_top1_fall_right_after_the_students_first_error(tmp_p
     assert "drift" not in noisy.modes()
 
 
+def test_drift_finding_from_rescue_rates_is_critical_on_a_large_drop_and_carries_the_fall():
+    from opd_core.diagnostics.health import check_drift
+
+    summary = {"n_drifted": 70, "rescue_rate_drifted": 0.03, "rescue_rate_mild": 0.05, "rescue_rate_far": 0.0,
+               "rescue_rate_teacher_own": 0.93, "confidently_wrong_share": 0.65, "rescue_fall_mild_far": 0.05,
+               "rescue_fall_mild_far_se": 0.03, "rescue_fall_pairs": 21, "far_min_since_error": 16}
+    (finding,) = check_drift(healthy_table(0), rescue_summary=summary)
+    assert finding.severity == "critical" and "3% of drifted" in finding.title and "confidently wrong" in finding.title
+    assert finding.evidence["rescue_fall_pairs"] == 21 and finding.evidence["far_min_since_error"] == 16
+    # a teacher as good on drifted prefixes as on its own (and never sure-and-wrong) gives no finding
+    fine = {**summary, "rescue_rate_drifted": 0.85, "confidently_wrong_share": 0.05}
+    assert check_drift(healthy_table(0), rescue_summary=fine) == []
+    # too few drifted cuts to read a rate
+    assert check_drift(healthy_table(0), rescue_summary={**summary, "n_drifted": 5}) == []
+
+
 def test_eos_mismatch_is_critical_from_the_first_logged_step_when_the_pooled_share_has_faded():
     # The student soon stops ending its answers (no EOS rows after step 0, larger signals on ordinary tokens):
     # pooled over the run the EOS carries ~2% of |signal|, at the start it carried most of it.

@@ -75,7 +75,8 @@ def _rescue_reasons(rescue_summary: dict | None, t: Thresholds) -> tuple[list[st
     evidence = {k: _num(rescue_summary.get(k)) for k in (
         "rescue_rate_drifted", "rescue_rate_mild", "rescue_rate_far", "rescue_rate_before_error",
         "rescue_rate_on_support", "rescue_rate_teacher_own", "rescue_rate_drifted_sampled",
-        "confidently_wrong_share") if k in rescue_summary}
+        "confidently_wrong_share", "rescue_fall_mild_far", "rescue_fall_mild_far_se", "rescue_fall_pairs",
+        "far_min_since_error") if k in rescue_summary}
     evidence["rescue_cuts_drifted"] = rescue_summary.get("n_drifted")
     reasons, critical = [], False
     if _finite(drifted) and _finite(base) and base - drifted >= t.rescue_drop_warning:
