@@ -83,7 +83,8 @@ def signal_by_kind_figure(by_kind: pd.DataFrame) -> go.Figure:
                              hovertemplate="%{x}: %{y:.1%} of tokens<extra></extra>"))
     fig.update_yaxes(tickformat=".0%")
     fig.update_layout(barmode="overlay")
-    return _layout(fig, "Signal by token kind", "token kind", "share")
+    # no x title: the bars name their kinds, and the three-row legend would sit on top of it
+    return _layout(fig, "Signal by token kind", "", "share")
 
 
 def negative_share_figure(negative: pd.DataFrame) -> go.Figure:

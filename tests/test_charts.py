@@ -44,6 +44,7 @@ def test_signal_by_kind_shows_signal_share_and_token_share() -> None:
     assert bars[1].marker.color == charts.KIND_COLOURS["special"]
     ticks = next(t for t in fig.data if t.type == "scatter")
     assert list(ticks.y) == pytest.approx([0.9, 0.1])
+    assert not fig.layout.xaxis.title.text  # the legend below the bars would cover an x title (seen at 1440 px)
 
 
 def test_teacher_vs_drift_has_one_line_per_prefix_source_and_the_reference_line() -> None:
