@@ -195,7 +195,7 @@ class Scorer:
         responses = [self.response_ids(r) for r in batch]
         self._check_length(keys, responses, batch)
         sc = t.score(keys, responses, grad=False, logged=True)
-        out = t.objective(sc)
+        out, _ = t.objective(sc)  # (the fast-path record is for training steps only)
         grades = [Grade(bool(r.correct), True, None) for r in batch]
         texts = [t.student.tokenizer.decode(resp, skip_special_tokens=True) for resp in sc.responses]
         rows = list(range(len(batch)))
