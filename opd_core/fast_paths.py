@@ -11,9 +11,10 @@ the same loss and gradients (tests/test_fast_paths.py) from the student's final 
 
 Only non-logging steps take a fast path: a logging step's per-token record needs both full
 distributions. A fast step's metrics still come from ``stats.step_stats`` (log-ratio, both entropies, both
-full-vocabulary KLs, signal shape, masks, EOS, as on every step), in one pass made before the loss: the
-student's logits a chunk at a time from the hidden states (no [B,T,V] copy, no gradient), the teacher's
-log-softmax once, and from it the teacher's top-K that ``topk_support`` trains on. The top-K *set*
+full-vocabulary KLs, signal shape, masks, EOS, as on every step) without a second pass over V: for
+``topk_support`` one pass made before the loss (the student's logits a chunk at a time from the hidden
+states, the teacher's log-softmax once, and from it the teacher's top-K the loss trains on); for the KLs
+the fused head + KL pass itself, run over every position with zero gradient where nothing is trained. The top-K *set*
 metrics (``student_support_mass``, ``not_in_topk_ratio``, ``topk_overlap``, ``overlap_mass_*``,
 ``teachability``: two top-K over V and set masks per token, a third of a step at V = 32K) are written on
 logging steps only, from the full record (the dashboard's support views read the token records of
@@ -34,6 +35,7 @@ from opd_core.objectives import ObjectiveOutput, reduce_loss
 from opd_core.objectives.fused_head import fused_head_kl, reduction_weights
 from opd_core.objectives.support_head import restricts, topk_support_on_head
 from opd_core.stats import TokenStats, step_stats
+from opd_core.stats.record import StepStatsChunks
 from opd_core.student_head import HeadInputs, plain_head
 
 KL_ALPHA = {"reverse_kl": lambda p: 0.0, "forward_kl": lambda p: 1.0, "kl_mix": lambda p: float(p["alpha"])}
@@ -57,22 +59,34 @@ class FastPath:
                                         teacher_sampled_logp, k=self.params["k"], support=self.params["support"],
                                         clip_log_ratio=self.params.get("clip_log_ratio"))
         assert teacher_logits is not None
+        return self._kl(head, sampled_ids, mask, teacher_logits, reduction)
+
+    def _kl(self, head: HeadInputs, sampled_ids: Tensor, mask: Tensor, teacher_logits: Tensor, reduction: str,
+            on_chunk: StepStatsChunks | None = None) -> ObjectiveOutput:
+        """The fused head + KL; with ``on_chunk`` the pass covers every position (zero gradient where not
+        trained) and hands each chunk to it, so the step's statistics come from the same pass."""
         # announce the loop's reduction: a gradient proportional to it (any global count) is used as is
         weights = reduction_weights(lambda x: reduce_loss(x, mask, reduction=reduction), mask)
-        loss, _ = fused_head_kl(head.hidden, head.weight, head.bias, teacher_logits, sampled_ids, mask,
+        rows = mask if on_chunk is None else torch.ones_like(mask)
+        loss, _ = fused_head_kl(head.hidden, head.weight, head.bias, teacher_logits, sampled_ids, rows,
                                 alpha=KL_ALPHA[self.objective](self.params), reduce_weights=weights,
-                                with_stats=False)  # the loop's metrics come from stats.step_stats
+                                with_stats=False, on_chunk=on_chunk)
+        loss = loss.masked_fill(~mask, 0.0)
         return ObjectiveOutput(loss=loss, signal=loss.detach(), extras={}, value=loss.detach())
 
     def compute(self, sc, support_k: int, reduction: str = "token_mean") -> tuple[ObjectiveOutput, TokenStats]:
         """The loop's objective on a fast-path step (``loop_records.Scored`` with ``head``) and the step's
-        every-step record (``stats.step_stats``), from one pass over the teacher's logits made before the
-        loss: that pass yields the metrics and, for ``topk_support``, the teacher's top-K the loss trains on
-        (the teacher normalised once; the student's logits made a chunk at a time, never whole)."""
+        every-step record (what ``stats.step_stats`` gives), from one pass over the teacher's logits: for
+        ``topk_support`` a pass before the loss yields the metrics and the teacher's top-K the loss trains on;
+        for the KLs the fused head + KL pass itself fills the record (``stats.StepStatsChunks``). Either way
+        the student's logits are made a chunk at a time, never whole."""
         ids = sc.batch.response_ids
-        k = support_k if self.objective == "topk_support" else 0
+        if self.objective != "topk_support":  # the fused KL pass makes the statistics too
+            chunks = StepStatsChunks(ids)
+            out = self._kl(sc.head, ids, sc.mask, sc.teacher.logits, reduction, on_chunk=chunks)
+            return out, chunks.record(sc.teacher.sampled_logp, aligned=sc.teacher.aligned, signal=out.signal)
         record = step_stats(sc.head, sc.teacher.logits, ids, sc.teacher.sampled_logp, support_k=0,
-                            aligned=sc.teacher.aligned, teacher_topk=k)
+                            aligned=sc.teacher.aligned, teacher_topk=support_k)
         out = self.run(sc.head, ids, sc.mask, teacher_logits=sc.teacher.logits,
                        teacher_topk_ids=record.teacher_topk_ids, teacher_topk_logps=record.teacher_topk_logps,
                        teacher_sampled_logp=sc.teacher.sampled_logp, reduction=reduction)

@@ -257,3 +257,21 @@ def test_response_logits_are_contiguous_and_those_of_the_full_forward():
     full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                  position_ids=batch.position_ids).logits
     torch.testing.assert_close(got, full[:, batch.prompt_width - 1:-1], **TOL)
+
+
+def test_the_fused_kl_pass_fills_the_record_step_stats_gives():
+    from opd_core.objectives.chunked import token_logprobs
+    from opd_core.stats.record import StepStatsChunks
+
+    hidden, weight, b, teacher, ids, _ = _problem(seed=4)
+    hidden, weight, b, teacher = hidden.float(), weight.float(), b.float(), teacher.float()
+    aligned = torch.ones(ids.shape, dtype=torch.bool)
+    aligned[0, 3] = False
+    t_lp = token_logprobs(teacher, ids).float()
+    chunks = StepStatsChunks(ids)
+    fused_head_kl(hidden, weight, b, teacher, ids, torch.ones_like(aligned), with_stats=False, on_chunk=chunks)
+    got = chunks.record(t_lp, aligned=aligned)
+    want = step_stats(hidden @ weight.T + b, teacher, ids, t_lp, aligned=aligned)
+    for name in ("student_logp", "teacher_logp", "log_ratio", "student_entropy", "teacher_entropy", "reverse_kl",
+                 "forward_kl", "signal"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -56,12 +56,13 @@ def _chunk(h: Tensor, weight: Tensor, bias: Tensor | None, teacher: Tensor, alph
         loss = loss + (1.0 - alpha) * rev
         if g is not None:
             g += (1.0 - alpha) * p * (diff - rev[:, None])
-    return loss, g, ls, lt, p, q, rev, fwd
+    return loss, g, ls, lt, p, q, rev, fwd, x
 
 
 class _FusedHeadKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher, rows, ids, support, alpha, weights, chunk, stats_out):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, teacher, rows, ids, support, alpha, weights, chunk, stats_out,  # type: ignore[override]
+                on_chunk):
         dt = compute_dtype(hidden.dtype)
         n, _ = hidden.shape
         W = weight.to(dt)
@@ -74,9 +75,11 @@ class _FusedHeadKL(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for a in range(0, n, chunk):
                 h = hidden[a:a + chunk].to(dt)
-                value, g, ls, lt, p, q, rev, fwd = _chunk(h, W, b, teacher[rows[a:a + chunk]], alpha, want_grad,
-                                                          stats_out is not None)
+                value, g, ls, lt, p, q, rev, fwd, x = _chunk(h, W, b, teacher[rows[a:a + chunk]], alpha, want_grad,
+                                                             stats_out is not None)
                 loss[a:a + chunk] = value
+                if on_chunk is not None:
+                    on_chunk(rows[a:a + chunk], x, ls, lt, p, q)
                 if stats_out is not None:
                     stats_out["student_logp"][a:a + chunk] = ls.gather(-1, ids[a:a + chunk, None]).squeeze(-1)
                     stats_out["teacher_entropy"][a:a + chunk] = torch.special.entr(q).sum(-1)
@@ -124,7 +127,7 @@ class _FusedHeadKL(torch.autograd.Function):
         out_h = (gh * scale).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         out_w = (gw * scale).to(weight.dtype) if ctx.needs_input_grad[1] else None
         out_b = (gb * scale).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        return out_h, out_w, out_b, None, None, None, None, None, None, None, None
+        return out_h, out_w, out_b, None, None, None, None, None, None, None, None, None
 
 
 def _proportional(grad: Tensor, weights: Tensor | None) -> Tensor | None:
@@ -161,6 +164,7 @@ def fused_head_kl(
     support_ids: Tensor | None = None,
     chunk_tokens: int | None = None,
     with_stats: bool = True,
+    on_chunk=None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token alpha KL(q||p) + (1 - alpha) KL(p||q) of logits = hidden @ weight.T + bias, without [B,T,V].
 
@@ -172,6 +176,9 @@ def fused_head_kl(
     on ``support_ids`` [B,T,K] when the caller already has them). ``reduce_weights`` [B,T]: d scalar / d loss
     of the reduction the caller will apply (``reduction_weights``), which lets the forward compute the
     gradient once. ``with_stats=False`` skips the statistics (an empty dict is returned).
+    ``on_chunk(rows, logits, student log-softmax, teacher log-softmax, p, q)`` is called for every chunk of
+    the ``mask`` rows (flat indices into [B*T]), so a caller can read what the pass already holds
+    (``stats.StepStatsChunks``: the loop's every-step statistics without a second pass over V).
     """
     B, T, H = hidden.shape
     V = weight.shape[0]
@@ -186,7 +193,7 @@ def fused_head_kl(
     names = STATS if support_ids is not None or support_k else STATS[:-1]
     stats = {name: torch.zeros(n, dtype=dt, device=hidden.device) for name in names} if with_stats else None
     loss_rows = _FusedHeadKL.apply(flat_h, weight, bias, teacher, rows, ids, support, float(alpha), w,
-                                   _chunk_rows(V, chunk_tokens), stats)
+                                   _chunk_rows(V, chunk_tokens), stats, on_chunk)
     loss = torch.zeros(B * T, dtype=dt, device=hidden.device).index_put((rows,), loss_rows)
     full = {name: torch.zeros(B * T, dtype=dt, device=hidden.device).index_put_((rows,), v).reshape(B, T)
             for name, v in (stats or {}).items()}

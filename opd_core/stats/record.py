@@ -142,6 +142,46 @@ class _HeadRows:
         return x if self.bias is None else x + self.bias
 
 
+def _cheap_chunk(xs: Tensor, ls: Tensor, lt: Tensor, ps: Tensor, pt: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The every-step statistics (``_CHEAP``) of one chunk from the student's logits, both log-softmaxes and
+    both distributions: defined here once, for the fused pass below and for ``StepStatsChunks``."""
+    diff = ls - lt
+    return {
+        # log p_S(y) in the arithmetic of objectives.chunked.token_logprobs (x_y - logsumexp x): equal models
+        # then give an exactly-zero log-ratio against a teacher scored by token_logprobs.
+        "student_logp": (xs.gather(-1, y) - xs.logsumexp(-1, keepdim=True)).squeeze(-1).float(),
+        # -Σ p log p with 0·log 0 = 0 (the NaN of 0·-inf); ~10x cheaper on CPU than torch.special.entr
+        "student_entropy": -(ps * ls).nan_to_num(0.0).sum(-1),
+        "teacher_entropy": -(pt * lt).nan_to_num(0.0).sum(-1),
+        "reverse_kl": (ps * diff).sum(-1),
+        "forward_kl": -(pt * diff).sum(-1),
+    }
+
+
+class StepStatsChunks:
+    """The every-step record filled a chunk of tokens at a time by a pass that already holds both models'
+    log-softmaxes (the fused LM head + KL of a fast-path step), so the step makes no second pass over V.
+
+    Call it with (flat row indices, student logits, both log-softmaxes, both distributions) per chunk, for
+    every row of the batch; then ``record`` gives what ``step_stats`` gives for the same tokens.
+    """
+
+    def __init__(self, ids: Tensor) -> None:
+        self.shape = ids.shape
+        self.ids = ids.reshape(-1, 1).long()
+        self.out = {name: torch.full((self.ids.shape[0],), float("nan"), device=ids.device) for name in _CHEAP}
+
+    @torch.no_grad()
+    def __call__(self, rows: Tensor, xs: Tensor, ls: Tensor, lt: Tensor, ps: Tensor, pt: Tensor) -> None:
+        for name, value in _cheap_chunk(xs, ls, lt, ps, pt, self.ids[rows]).items():
+            self.out[name][rows] = value.float()
+
+    def record(self, teacher_logp: Tensor, *, aligned: Tensor | None = None,
+               signal: Tensor | None = None) -> TokenStats:
+        out = _teacher_side({k: v.reshape(self.shape) for k, v in self.out.items()}, aligned)
+        return _step_record(out, teacher_logp.float(), aligned, signal)
+
+
 @torch.no_grad()
 def _fused_pass(student_logits, teacher_logits: Tensor, ids: Tensor, *, support_k: int, log_k: int,
                 full: bool, rollout_top_p: float = 1.0, rollout_temperature: float = 1.0,
@@ -180,15 +220,8 @@ def _fused_pass(student_logits, teacher_logits: Tensor, ids: Tensor, *, support_
         xs, xt, y = s_flat[a:b].to(work), t_flat[a:b].float(), y_all[a:b]
         ls, lt = F.log_softmax(xs, -1), F.log_softmax(xt, -1)  # fused kernels: ~6x cheaper than x - lse on CPU
         ps, pt = F.softmax(xs, -1), F.softmax(xt, -1)
-        diff = ls - lt
-        # log p_S(y) in the arithmetic of objectives.chunked.token_logprobs (x_y - logsumexp x): equal models
-        # then give an exactly-zero log-ratio against a teacher scored by token_logprobs.
-        out["student_logp"][a:b] = (xs.gather(-1, y) - xs.logsumexp(-1, keepdim=True)).squeeze(-1).float()
-        # -Σ p log p with 0·log 0 = 0 (the NaN of 0·-inf); ~10x cheaper on CPU than torch.special.entr
-        out["student_entropy"][a:b] = -(ps * ls).nan_to_num(0.0).sum(-1)
-        out["teacher_entropy"][a:b] = -(pt * lt).nan_to_num(0.0).sum(-1)
-        out["reverse_kl"][a:b] = (ps * diff).sum(-1)
-        out["forward_kl"][a:b] = -(pt * diff).sum(-1)
+        for name, value in _cheap_chunk(xs, ls, lt, ps, pt, y).items():
+            out[name][a:b] = value
         if tk:
             out["teacher_topk_logps"][a:b], out["teacher_topk_ids"][a:b] = lt.topk(tk, dim=-1)
         if not (k or full):
@@ -211,7 +244,7 @@ def _fused_pass(student_logits, teacher_logits: Tensor, ids: Tensor, *, support_
                 out["in_student_topp"][a:b] = True
             out["teacher_topk_ids"][a:b], out["teacher_topk_logps"][a:b] = t_idx, t_top
             out["student_topk_ids"][a:b], out["student_topk_logps"][a:b] = s_idx, s_top.float()
-        del xs, xt, ls, lt, ps, pt, diff
+        del xs, xt, ls, lt, ps, pt
     return {name: v.reshape(B, T, *v.shape[1:]) for name, v in out.items()}
 
 
@@ -247,6 +280,10 @@ def step_stats(student_logits, teacher_logits: Tensor, ids: Tensor, teacher_logp
     out = _teacher_side(_fused_pass(student, teacher_logits.detach(), ids, support_k=support_k,
                                     log_k=0, full=False, teacher_topk=teacher_topk), aligned)
     t_lp = _own_logp(teacher_logits, ids) if teacher_logp is None else teacher_logp.float()
+    return _step_record(out, t_lp, aligned, signal)
+
+
+def _step_record(out: dict[str, Tensor], t_lp: Tensor, aligned: Tensor | None, signal: Tensor | None) -> TokenStats:
     log_ratio = t_lp - out["student_logp"]
     return TokenStats(teacher_logp=t_lp, log_ratio=log_ratio, aligned=aligned,
                       signal=log_ratio if signal is None else signal.detach().float(), **out)
