@@ -449,6 +449,7 @@ class Trainer:
                 t_step = time.perf_counter()
                 result = self.train_step(step)
                 metrics = self.observe(result, main and self.is_log_step(step))
+                del result  # its [B,T,V] tensors must not live on through the next step (peak memory)
                 if main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                     with timed(metrics, "t_eval"):
                         metrics.update(self.evaluate())
