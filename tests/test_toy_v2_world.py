@@ -69,6 +69,10 @@ def test_teacher_is_less_sure_right_after_the_students_error(measured):
     # +0.07 nats across seeds): the v2 teacher stays sure and is wrong, which the rescue rate shows.
     top1 = {row["since_error"]: row["teacher_top1"] for row in measured["rescue_by_since_error"]}
     assert top1[0] < top1[-1] - 0.1, top1
+    # the same from the token records, paired per response (what the health report reads): a fall of at
+    # least 0.1 and of more than twice its standard error
+    onset = measured["error_onset"]
+    assert onset["n"] >= 20 and onset["top1_drop"] >= 0.1 and onset["top1_drop"] > 2 * onset["top1_drop_se"], onset
     assert measured["position_matched"]["n_drifted"] >= 50
 
 

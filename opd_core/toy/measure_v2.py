@@ -114,5 +114,6 @@ def measure_pair(student_dir: Path, teacher_dir: Path, *, n_prompts: int = 24, r
             "teacher_sampled_accuracy": accuracy(t_resp), "student_sampled_accuracy": accuracy(s_resp),
             "negative_reward_share": float((student_rows["log_ratio"] < 0).mean()),
             "position_matched": drift.position_matched_gap(tokens, measure="prefix_wrong"),
+            "error_onset": drift.error_onset(tokens),
             "rescue": rescue.summarize(table),
             "rescue_by_since_error": rescue.by_since_error(table).to_dict("records")}
