@@ -274,7 +274,7 @@ def teacher_reading(row: dict, alignment: dict | None) -> TeacherReading:
                      f"{_fmt(row.get('teacher_logp'))}. That number is not comparable with the student's.")
         if own:
             notes.append("What the teacher expected there, in its own vocabulary: " + ", ".join(
-                f"{visible(t)} p {_fmt(p, 2)}" for t, p in own[:3]) + ".")
+                f"{visible(t)} p {_fmt(p)}" for t, p in own[:3]) + ".")
         notes[0] = notes[0][0].upper() + notes[0][1:]
     elif row.get("masked_reason") == "unaligned" or (row.get("aligned") is False and _missing(row.get("teacher_logp"))):
         notes.append("No teacher token ends exactly where this token ends (the teacher's pieces cross its edge), "
@@ -298,7 +298,7 @@ def own_topk_html(reading: TeacherReading, k: int) -> str:
     scored = reading.pieces[0] if reading.pieces else None
     rows = "".join(
         f"<tr class='{'opd-hit' if text == scored else ''}'><td>{i + 1}</td><td>{display_token(text)}</td>"
-        f"<td class='num'>{_fmt(p, 2)}</td></tr>" for i, (text, p) in enumerate(reading.own[:k]))
+        f"<td class='num'>{_fmt(p)}</td></tr>" for i, (text, p) in enumerate(reading.own[:k]))
     at = f" before its token {display_token(scored)}" if scored is not None else ""
     return (f"<div class='opd-own'><b>Teacher's own top-{min(k, len(reading.own))}</b> (its vocabulary, unmapped"
             f"{at})<table><tr><th>#</th><th>teacher piece</th><th>p</th></tr>{rows}</table></div>")
