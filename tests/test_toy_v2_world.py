@@ -117,7 +117,7 @@ def test_build_runs_every_stage_end_to_end_and_twice_gives_the_same_bytes(tmp_pa
         metrics = build_v2(tmp_path / run / "assets_v2", world=world, eval_examples=2, measure_prompts=1,
                            log=lambda _m: None)
         assert [m["train_steps"] for m in metrics["models"].values()] == [4, 2, 0]
-        assert metrics["measured"]["rescue"]["n_cuts"] > 0
+        assert metrics["measured"]["rescue"]["n_cuts"] > 0 and metrics["cpu_capability"]
         digests.append(_digests(tmp_path / run / "assets_v2"))
     assert {f.split("/")[0] for f in digests[0]} == {"teacher", "teacher_mismatched", "student", "metrics.json"}
     assert digests[0] == digests[1]

@@ -181,7 +181,9 @@ def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str],
 
     Every model trains in a worker process on one thread and the measurement runs on one thread, so the
     checkpoints are the same bytes whatever the machine's core count or the scheduling of the workers
-    (metrics.json differs only in its timings, ``build_seconds`` and each model's ``train_seconds``)."""
+    (metrics.json differs only in its timings, ``build_seconds`` and each model's ``train_seconds``). The
+    same bytes need the same PyTorch kernels too: ``cpu_capability`` records which instruction set they ran
+    on (the shipped assets: AVX512; forced to AVX2, 30 teacher steps already give other bytes)."""
     out_dir = Path(out_dir) if out_dir is not None else ASSETS_V2_DIR
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -203,7 +205,8 @@ def build_v2(out_dir: Path | None = None, *, seed: int = 0, log: Callable[[str],
         measured = measure_pair(staging / "student", staging / "teacher", n_prompts=measure_prompts,
                                 rescue_budget=MEASURE_CUTS)
         metrics = {"world": "v2", "seed": seed, "eval_examples": eval_examples, "eval_seed": EVAL_SEED,
-                   "torch": torch.__version__, "config": asdict(world), "models": models, "measured": measured,
+                   "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "config": asdict(world), "models": models, "measured": measured,
                    "build_seconds": round(time.perf_counter() - started, 1), "workers": workers}
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _swap_into_place(staging, out_dir)
