@@ -18,24 +18,28 @@ import pandas as pd
 from opd_core import runs
 from opd_core.config import load_config
 
-# sample run id -> (example config, overrides). All but three on toy world v2 (`toy:*-v2`, task
-# toy:addition-v2); `top-p-sampled-token`, `matched-sampled-token` and `forward-kl-mixed-prefixes` are
-# still v1's. Runs marked _SHORT stop at 100 steps and the ablations log tokens only at their first and
-# last steps, so the set builds on a shared machine in time and stays small enough to ship.
-_ENDS_ONLY = ["log_tokens_every=1000"]
-_SHORT = ["steps=100"]
+# sample run id -> (example config, overrides). All on toy world v2 (`toy:*-v2`, task toy:addition-v2),
+# 200 steps each. Token logging is what keeps the set small enough to ship (~15 MB): the baseline (the
+# run the pages open first) logs all 32 responses every 20 steps; the masked run and the forward-KL run
+# (tests/corrupt_runs.py copies its steps 1, 20, 40) 16 of them every 20 steps; the other comparisons 16
+# every 40 steps; the K / top-p ablations 16 at their first and last steps only. Every run's
+# metrics.jsonl still has every step.
+_HALF = ["log_samples=16"]  # only the first 16 of a logged step's 32 responses
+_EVERY_40_HALF = ["log_tokens_every=40", *_HALF]
+_ENDS_ONLY = ["log_tokens_every=1000", *_HALF]
 SAMPLES: dict[str, tuple[str, list[str]]] = {
     "baseline-sampled-token": ("v2_baseline", []),
-    "masked-sampled-token": ("v2_masked", []),
-    "top-p-sampled-token": ("top_p", []),
-    "topk-support": ("v2_topk_support", []),
-    "topk-unnormalized": ("v2_topk_unnormalized", _SHORT),
-    "topk-support-unmasked": ("v2_topk_support", ["mask_special_tokens=false", *_SHORT]),
-    "matched-sampled-token": ("matched", []),
-    "forward-kl-mixed-prefixes": ("forward_kl_mixed", []),
+    "masked-sampled-token": ("v2_masked", _HALF),
+    "top-p-sampled-token": ("v2_top_p", _EVERY_40_HALF),
+    "masked-top-p-sampled-token": ("v2_masked", ["top_p=0.9", *_EVERY_40_HALF]),  # masking under the paper's top-p
+    "topk-support": ("v2_topk_support", _EVERY_40_HALF),
+    "topk-unnormalized": ("v2_topk_unnormalized", _EVERY_40_HALF),
+    "topk-support-unmasked": ("v2_topk_support", ["mask_special_tokens=false", *_EVERY_40_HALF]),
+    "matched-sampled-token": ("v2_matched", _EVERY_40_HALF),
+    "forward-kl-mixed-prefixes": ("v2_forward_kl_mixed", _HALF),
     "topk-support-k16": ("v2_topk_support", ["k=16", *_ENDS_ONLY]),
-    "topk-support-k48": ("v2_topk_support", ["k=48", *_ENDS_ONLY, *_SHORT]),
-    "topk-support-top-p-1.0": ("v2_topk_support", ["top_p=1.0", *_ENDS_ONLY, *_SHORT]),
+    "topk-support-k48": ("v2_topk_support", ["k=48", *_ENDS_ONLY]),
+    "topk-support-top-p-1.0": ("v2_topk_support", ["top_p=1.0", *_ENDS_ONLY]),
     "topk-support-top-p-0.8": ("v2_topk_support", ["top_p=0.8", *_ENDS_ONLY]),
 }
 RESCUE_BUDGET = 160  # cut points per sample run for rescue.json (`opd-lab rescue`)
@@ -83,7 +87,8 @@ def build_samples(out_dir: str | Path | None = None, only: list[str] | None = No
 
 def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per sample run: the numbers EXPERIMENTS.md compares against the paper's findings."""
-    from opd_core.diagnostics import health
+    from opd_core.diagnostics import health, imbalance
+    from opd_core.diagnostics.loading import read_run_tokens
     from opd_core.rescue_runs import read_rescue
 
     base = Path(sample_dir) if sample_dir else default_samples_dir()
@@ -99,12 +104,17 @@ def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
         first = runs.read_tokens(run, steps=[first_logged], columns=["log_ratio", "masked", "reference_only"])
         first = first[~first["reference_only"] & ~first["masked"]]
         report = health(run)
+        # the imbalance numbers exactly as the report reads them (its 8 logged steps, special tokens left out)
+        concentration = imbalance.summary(read_run_tokens(run, imbalance.COLUMNS, 8), exclude_special=True)
+        eval_at = dict(zip(evals["step"], evals["eval_accuracy"], strict=True))
         rescued = (read_rescue(run) or {}).get("summary", {})
         rows.append({
             "run": name,
             "eval_acc_start": float(evals["eval_accuracy"].iloc[0]),
             "eval_acc_best": float(evals["eval_accuracy"].max()),
             "eval_acc_final": float(evals["eval_accuracy"].iloc[-1]),
+            "eval_acc_step100": eval_at.get(100),
+            "eval_acc_step150": eval_at.get(150),
             "grad_norm_mean": float(trained["grad_norm"].mean()),
             "grad_norm_std": float(trained["grad_norm"].std()),
             "response_len_first20": float(trained["response_len"].head(20).mean()),
@@ -113,6 +123,9 @@ def summary_table(sample_dir: str | Path | None = None) -> pd.DataFrame:
             "negative_reward_share_step1": float((first["log_ratio"] < 0).mean()),
             "support_mass_first20": float(trained["student_support_mass"].head(20).mean()),
             "support_mass_last20": float(trained["student_support_mass"].tail(20).mean()),
+            "support_mass_min": float(trained["student_support_mass"].min()),
+            "signal_gini": concentration["gini"],
+            "signal_top5pct_share": concentration["top5pct_share"],
             "special_signal_share": float(trained["special_token_signal_share"].mean()),
             "rescue_drifted": rescued.get("rescue_rate_drifted"),
             "rescue_mild": rescued.get("rescue_rate_mild"),
