@@ -5,6 +5,7 @@ The view is addressable: ``?run=KEY&step=N&sample=I&pos=P&color=COLUMN`` opens i
 URL follows every choice, so a copied link reopens the same token.
 """
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -201,10 +202,16 @@ with left:
                                                                                          table["teacher_id"])]
     table["student_token"] = [visible(str(t)) for t in table["student_token"]]
     st.dataframe(plain_frame(table.drop(columns=["teacher_id", "student_id"])), hide_index=True, width="stretch",
-                 column_config={"teacher_prob": st.column_config.ProgressColumn("teacher p", min_value=0.0,
-                                                                                max_value=1.0, format="%.3f"),
+                 # widths that fit the left column at 1440 px with "</s> (as <|im_end|>)" whole
+                 column_config={"rank": st.column_config.NumberColumn("#", width=36),
+                                "teacher_token": st.column_config.TextColumn("teacher", width=165),
+                                "student_token": st.column_config.TextColumn("student", width=90),
+                                "teacher_prob": st.column_config.ProgressColumn("teacher p", min_value=0.0,
+                                                                                max_value=1.0, format="%.3f",
+                                                                                width=110),
                                 "student_prob": st.column_config.ProgressColumn("student p", min_value=0.0,
-                                                                                max_value=1.0, format="%.3f")})
+                                                                                max_value=1.0, format="%.3f",
+                                                                                width=110)})
     own = own_candidates(row)
     if len(own):
         st.markdown(f"**The teacher's own top-{len(own)}**, in its own vocabulary (unmapped), at the teacher "
@@ -221,8 +228,9 @@ with left:
 with right:
     details = {c: row[c] for c in ("token", "teacher_token", "signal", "log_ratio", "student_logp", "teacher_logp",
                                    "teacher_entropy", "teacher_rank", "drift", "masked", "is_special") if c in row}
-    shown = [visible(str(v)) if k in ("token", "teacher_token") else widgets.fmt(v) if isinstance(v, float)
-             else str(v) for k, v in details.items()]
+    shown = [visible(str(v)) if k in ("token", "teacher_token") else ("yes" if v else "no") if isinstance(
+        v, bool | np.bool_) else widgets.fmt(v) if isinstance(v, float | np.floating) else str(v)
+        for k, v in details.items()]
     if reading.literal and "teacher_rank" in details:
         shown[list(details).index("teacher_rank")] = "n/a (scored as text)"
     st.dataframe(plain_frame(pd.DataFrame({"value": shown}, index=list(details))), width="stretch")

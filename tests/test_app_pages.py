@@ -619,6 +619,9 @@ def test_inspector_shows_the_teachers_own_topk_at_a_literal_eos_of_a_real_cross_
     html = _html(at)
     assert html.count("Teacher's own top-") >= 2  # the hover card and the teacher strip's card
     assert "opd-selected" in html.split("opd-pieces'>")[-1]  # the teacher strip marks the same token
+    values = next(d.value for d in at.dataframe if list(d.value.columns) == ["value"])["value"]
+    assert values["masked"] == "no" and values["teacher_rank"] == "n/a (scored as text)"
+    assert len(values["teacher_logp"]) <= 6 and len(values["drift"]) <= 6  # 3 significant digits, not float32 reprs
 
 
 def _qp(at: AppTest, name: str) -> str | None:
