@@ -7,6 +7,10 @@ processes inherit ``OMP_NUM_THREADS=1``; the engine already picks one thread for
 module whose tests share a module-scoped fixture (a running dashboard, a chromium page, a benchmark
 run) would build that fixture once per worker if its tests were spread out, so such modules form one
 ``xdist_group`` and run on one worker (``--dist loadgroup``); every other test is scheduled alone.
+
+The suite's wall time on two workers is at least its longest test, and a long test started last keeps one
+worker busy while the other idles: the longest tests and groups are therefore handed out first
+(``LONGEST_FIRST``; xdist's own reordering by group size is turned off so that this order is kept).
 """
 
 from __future__ import annotations
@@ -25,8 +29,42 @@ if WORKER:
     torch.set_num_threads(1)
 
 # Modules whose tests share a module-scoped fixture that costs seconds to build (a server, chromium, a
-# subprocess run, 69 damaged runs): kept together on one worker.
-SHARED_FIXTURE_MODULES = {"test_browser", "test_browser_launch", "test_benchmarks_smoke", "test_corrupt_runs"}
+# subprocess run, 69 damaged runs, a live measurement of the v2 toy pair, real tokenizers): kept together on
+# one worker.
+SHARED_FIXTURE_MODULES = {"test_browser", "test_browser_launch", "test_browser_views", "test_benchmarks_smoke",
+                          "test_corrupt_runs", "test_toy_v2_world", "test_tokenizer_families"}
+
+# Node-id prefixes of the longest tests and groups, longest first (CPU seconds of each, one file at a time on
+# this 2-core machine, 2026-11-29): the real Gemma -> SmolLM2 run, the GGUF load, the eight 69-run page tests,
+# the browser modules, the two-process launches. Everything else keeps its collection order after them.
+LONGEST_FIRST = (
+    "tests/test_real_models.py::test_gemma_teaches",
+    "tests/test_real_models.py::test_a_gguf_file_loads",
+    "tests/test_app_pages.py::test_every_page_opens_on_every_generated_corrupt_run",
+    "tests/test_browser_views.py",
+    "tests/test_browser_launch.py",
+    "tests/test_distributed.py",
+    "tests/test_accelerate_launch.py",
+    "tests/test_rescoring.py::test_scoring_shards_over_two_ranks",
+    "tests/test_browser.py",
+    "tests/test_benchmarks_smoke.py",
+    "tests/test_tokenizer_families.py",
+    "tests/test_corrupt_runs.py",
+    "tests/test_toy_v2_world.py",
+    "tests/test_train.py::test_two_runs_started_at_once",
+    "tests/test_train.py::test_sigterm_stops",
+    "tests/test_train.py::test_kill_9",
+    "tests/test_score_page.py::test_a_background_scoring_stops_on_sigterm",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep LONGEST_FIRST, not "biggest group first"
+        config.option.loadscopereorder = False
+
+
+def _rank(item: pytest.Item) -> int:
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
@@ -34,6 +72,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=_rank)  # stable: the rest keep their order
+    # xdist queues a second unit behind the one a worker is running: the worker that takes the longest test
+    # also gets the third unit, which waits for it. Make that one short (the first test of the rest).
+    rest = next((i for i, item in enumerate(items) if _rank(item) == len(LONGEST_FIRST)), None)
+    if rest is not None and rest > 2 and _rank(items[0]) == 0:
+        items.insert(2, items.pop(rest))
 
 
 @pytest.fixture(scope="session")
