@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -35,7 +33,7 @@ def _toy_tokenizer():
     return AutoTokenizer.from_pretrained(resolve_pair("toy:matched")[0])
 
 
-def test_sdk_run_passes_the_validator_and_opd_lab_report_reads_it(tmp_path):
+def test_sdk_run_passes_the_validator_and_opd_lab_report_reads_it(tmp_path, capsys):
     with OPDLogger(runs_dir=tmp_path, name="sdk-run", config={"objective": "sampled_token"}, every=2,
                    max_samples=4, total_steps=6) as opd:
         for step in range(6):
@@ -44,10 +42,12 @@ def test_sdk_run_passes_the_validator_and_opd_lab_report_reads_it(tmp_path):
     run_dir = tmp_path / "sdk-run"
     assert runs.validate_run_dir(run_dir) == []
     assert runs.read_status(run_dir)["state"] == "finished"
-    proc = subprocess.run([sys.executable, "-m", "opd_core", "report", str(run_dir), "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    # `opd-lab report` in-process (the CLI's own main; a process per call would re-import torch)
+    from opd_core.cli import main as opd_lab
+
+    capsys.readouterr()
+    assert opd_lab(["report", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["objective"] == "sampled_token" and "findings" in report
 
 

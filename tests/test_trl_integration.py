@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,7 @@ def _quiet_trl(monkeypatch):
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
-def test_gkd_example_writes_a_valid_run_that_opd_lab_report_reads(tmp_path):
+def test_gkd_example_writes_a_valid_run_that_opd_lab_report_reads(tmp_path, capsys):
     pytest.importorskip("trl", reason=NEEDS_TRL)
     sys.path.insert(0, str(ROOT / "examples"))
     try:
@@ -47,10 +45,12 @@ def test_gkd_example_writes_a_valid_run_that_opd_lab_report_reads(tmp_path):
     assert set(tokens["prefix_source"]) == {"student"}  # lmbda=1: every step is an on-policy rollout
     assert tokens["signal"].ge(-1e-6).all()  # a divergence per token is never negative
     assert tokens.groupby(["step", "sample"])["pos"].min().eq(0).all()  # positions count from the response start
-    proc = subprocess.run([sys.executable, "-m", "opd_core", "report", str(run_dir), "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["objective"] == "jsd"
+    # `opd-lab report` in-process (the CLI's own main; a process per call would re-import torch)
+    from opd_core.cli import main as opd_lab
+
+    capsys.readouterr()
+    assert opd_lab(["report", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["objective"] == "jsd"
 
 
 def test_gkd_steps_on_dataset_completions_are_logged_as_teacher_prefixes(tmp_path):
