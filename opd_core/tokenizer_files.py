@@ -175,8 +175,11 @@ def load_gguf_tokenizer(file: Path, *, fast: bool = False):
     try:
         folder = gguf_tokenizer_dir(file)
     except OSError:  # no writable cache: read the file itself every time
-        return _read_gguf_tokenizer(file)
-    return (fast and read_tokenizer_json(folder)) or _auto_tokenizer(folder, False)
+        tokenizer = _read_gguf_tokenizer(file)
+    else:
+        tokenizer = (fast and read_tokenizer_json(folder)) or _auto_tokenizer(folder, False)
+    tokenizer.name_or_path = str(file)  # warnings and reports name the file the user gave, not the cache
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------- folders

@@ -54,8 +54,19 @@ def test_gemma_teaches_a_two_layer_smollm2_cut_with_honest_alignment(tmp_path):
     assert masked[~aligned].all()  # topk_support compares distributions: only 1:1 tokens train
     text = tokens["token"].astype(str)
     space_initial = aligned & text.str.startswith(" ").to_numpy() & ~tokens["is_special"].to_numpy(bool)
-    assert space_initial.sum() >= 5
-    assert np.median(tokens["teacher_rank"].to_numpy()[space_initial]) < 10  # was 15,186 with ▁ misread
+    assert space_initial.sum() >= 20
+    # ▁ reads as a space: every aligned space-initial token was scored against teacher tokens of exactly its
+    # text (the misread compared " the" with other pieces: median teacher_rank 15,186).
+    pieces = tokens["teacher_pieces"][space_initial]
+    assert all("".join(p) == t for p, t in zip(pieces, text[space_initial]))
+    # And the teacher agrees with those tokens. Not the median < 10 of a single run: on a 2-layer cut's
+    # temperature-1 text the ranks split into tokens the teacher ranks 1-10 (repeats it copies, function
+    # words; 54-64% of them) and junk words it ranks 30-7,000, so the median sits on that boundary and
+    # moved between 2 and 27 across seeds and lengths (BENCHMARKS.md, session 3). Ranks are over the
+    # student's 49,152 ids scored by the teacher through the id map (scoring.score_teacher), the space the
+    # two distributions are compared in. The share in that top 10 is the same evidence without the coin flip.
+    ranks = tokens["teacher_rank"].to_numpy()[space_initial]
+    assert (ranks <= 10).mean() > 0.35 and np.median(ranks) < 100, np.sort(ranks).tolist()
 
     alignment = runs.read_json(run / "alignment.json")
     assert alignment["eos_a"] == "<|im_end|>" and alignment["end_of_turn_a"] == "<|im_end|>"

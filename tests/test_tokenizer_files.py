@@ -33,6 +33,7 @@ def test_a_gguf_tokenizer_is_converted_once_per_file_version(tmp_path, monkeypat
     assert gguf_tokenizer_dir(file) == first and len(reads) == 1  # the second use reads the cache
     tok = load_tokenizer(file, fast=True)
     assert tok.eos_token == "</s>" and tok("the end", add_special_tokens=False)["input_ids"] == [2, 3]
+    assert tok.name_or_path == str(file) == load_tokenizer(file).name_or_path  # reports name the file, not the cache
     assert len(reads) == 1
     os.utime(file, ns=(1, 1))  # the file changed: converted again, into another folder
     assert gguf_tokenizer_dir(file) != first and len(reads) == 2
