@@ -46,7 +46,8 @@ def test_every_page_opens_without_an_error_box(server: str, browser_page) -> Non
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for url_path, title in PAGES:
         _open(browser_page, f"{server}/{url_path}")
-        browser_page.screenshot(path=str(SCREENSHOTS / f"{url_path}.png"), full_page=True)
+        # page-<name>.png: never the name of a Done-when screenshot of test_browser_views (side-by-side.png)
+        browser_page.screenshot(path=str(SCREENSHOTS / f"page-{url_path}.png"), full_page=True)
         errors = browser_page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
         assert errors.count() == 0, f"page {title!r} shows an error: {errors.first.inner_text()}"
         assert browser_page.get_by_text("Page not found").count() == 0, f"page {title!r} is not registered"
