@@ -56,7 +56,7 @@ if apply_link:
         st.session_state["insp_colour_wanted"] = link[4]
     st.session_state["insp_filters"] = []
 
-c_step, c_sample, c_jump = st.columns([1, 1, 2])
+c_step, c_sample, c_jump = st.columns([1, 1.6, 1.6])  # room for "1 (student prefix · wrong · did not stop)"
 if st.session_state.get(f"insp_step:{run.key}") not in steps:
     st.session_state[f"insp_step:{run.key}"] = steps[-1]
 step = c_step.selectbox("Step", steps, key=f"insp_step:{run.key}")

@@ -188,6 +188,10 @@ def test_a_sample_filter_keeps_only_matching_samples(server, page) -> None:
     options = page.get_by_role("option").all_inner_texts()
     page.keyboard.press("Escape")
     assert options and all("did not stop" in o for o in options), options
+    sample_box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Sample").first
+    cut = sample_box.evaluate("e => [...e.querySelectorAll('*')].filter(x => x.scrollWidth > x.clientWidth + 1)"
+                              ".map(x => x.value || x.innerText || '').filter(t => t.includes('did not stop'))")
+    assert not cut, f"the chosen sample's label is cut: {cut}"
     _shot(page, "sample-filter.png")
     _no_exception(page)
 
