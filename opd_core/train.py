@@ -5,7 +5,8 @@ method that takes its inputs as arguments and returns a typed record (:class:`Ro
 :class:`Scored`, :class:`Update`, :class:`Reference`, :class:`StepResult`); nothing passes between
 phases through attributes of the trainer, which only holds the models, the optimizer and the
 settings. Every statistic comes from :mod:`opd_core.stats` and every record is built by
-:mod:`opd_core.run_writer`. ``Trainer.run`` logs, evaluates, checkpoints and handles SIGTERM (finish
+:mod:`opd_core.run_writer`; a logged step's token tables are queued to :class:`opd_core.loop_tokens.TokenLog`,
+which writes them off the training thread. ``Trainer.run`` logs, evaluates, checkpoints and handles SIGTERM (finish
 the step, checkpoint, write ``stopped``). Every step's randomness is seeded from (seed, step), so a
 resumed run continues exactly where the checkpoint left it.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from opd_core import checkpoints, fast_paths, runs, stats
 from opd_core.config import ConfigError, RunConfig
 from opd_core.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, any_rank
 from opd_core.loop_records import Reference, Rollout, Scored, StepResult, Update
+from opd_core.loop_tokens import TokenLog
 from opd_core.objectives import (
     ObjectiveBatch,
     ObjectiveOutput,
@@ -39,7 +40,7 @@ from opd_core.pairing import TokenizerPair, alignment_coverage
 from opd_core.progress import ProgressBar, timed
 from opd_core.rescue import loop_rescue
 from opd_core.rollout import Sampling, sample_responses
-from opd_core.run_writer import SampleInfo, TokenRows, metrics_record, token_table, write_alignment
+from opd_core.run_writer import metrics_record, write_alignment
 from opd_core.scoring import build_batch, response_logits, score_teacher
 from opd_core.student_head import response_hidden
 
@@ -110,8 +111,7 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
         self.sampling = self._sampling(cfg.top_p, cfg.top_k)
         self.eval_examples = self.task.examples("eval", cfg.eval_size, seed=cfg.seed)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opd-token-writer")
-        self._pending: list[Future] = []
+        self.tokens = TokenLog(self.run_dir, self.pair)
         self.stop_requested = False
 
     # ------------------------------------------------------------------ rollout
@@ -306,32 +306,6 @@ class Trainer:
         texts = [self.student.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
         return [self.task.grade(examples_by_prompt[p], t) for p, t in zip(prompts, texts)], texts
 
-    def sample_infos(self, sc: Scored, grades: list, texts: list[str], rows: list[int]) -> list[SampleInfo]:
-        infos = []
-        for i in rows:
-            full_text, spans = self.pair.response_spans(sc.responses[i])
-            g = grades[i]
-            infos.append(SampleInfo(sc.prompts[i], texts[i], g.correct, g.format_ok, g.first_error_char, spans,
-                                    [full_text[a:b] for a, b in spans], sc.views[i].teacher_strings,
-                                    teacher_pieces=sc.views[i].teacher_pieces or None,
-                                    token_raw=[self.pair.student_raw[t] or "" for t in sc.responses[i]]))
-        return infos
-
-    def token_rows(self, sc: Scored, rows: list[int], source: str, *, reference: bool, offset: int,
-                   infos: list[SampleInfo]) -> TokenRows:
-        """The facts of the logged rows a token table repeats (masks by reason, who wrote them, texts)."""
-        idx = torch.tensor(rows, dtype=torch.long, device=sc.mask.device)
-
-        def pick(t: torch.Tensor) -> torch.Tensor:
-            return t.index_select(0, idx)
-
-        return TokenRows(token_ids=pick(sc.batch.response_ids), real=pick(sc.batch.response_mask),
-                         special=pick(sc.special), eos=pick(sc.eos),
-                         masks={k: pick(v) for k, v in sc.masks.items()}, prefix_source=source,
-                         reference_only=reference, sample_offset=offset, sample_ids=rows, samples=infos,
-                         id_to_string=self.pair.student_strings, topk_strings=True,
-                         teacher_id_to_string=None if self.pair.shared else self.pair.teacher_strings)
-
     # ------------------------------------------------------------------ reference rollouts and logging
     def is_log_step(self, step: int) -> bool:
         n = self.cfg.log_tokens_every
@@ -348,29 +322,8 @@ class Trainer:
         grades, texts = self.grade(prompts, ref.responses, rollout.examples)
         return Reference(ref, out, self.token_record(ref, out), grades, texts)
 
-    def log_tokens(self, result: StepResult, record: stats.TokenStats, rows: list[int], grades: list,
-                   texts: list[str], reference: Reference | None) -> None:
-        """Queue this step's token tables (and the reference rollouts') for the background writer."""
-        import pyarrow as pa
-
-        sc = result.scored
-        infos = self.sample_infos(sc, grades, texts, rows)
-        tables = [token_table(result.step, record, self.token_rows(sc, rows, result.rollout.source,
-                                                                   reference=False, offset=0, infos=infos))]
-        if reference is not None:
-            ref = reference.scored
-            ref_rows = list(range(len(ref.prompts)))
-            ref_infos = self.sample_infos(ref, reference.grades, reference.texts, ref_rows)
-            tables.append(token_table(result.step, reference.record,
-                                      self.token_rows(ref, ref_rows, "teacher", reference=True,
-                                                      offset=len(sc.prompts), infos=ref_infos)))
-        table = pa.concat_tables(tables, promote_options="default")
-        self._pending.append(self._writer.submit(runs.write_token_records, self.run_dir, result.step, table))
-
     def flush_tokens(self) -> None:
-        for f in self._pending:
-            f.result()
-        self._pending.clear()
+        self.tokens.flush()
 
     def write_alignment(self) -> None:
         """alignment.json for this run's pair (``run_writer.write_alignment``)."""
@@ -410,7 +363,7 @@ class Trainer:
                 record = self.token_record(sc, result.update.out)
                 metrics.update(self.step_metrics(sc, result.update.out, source, grades, record))
                 rows = list(range(len(sc.prompts)))[: cfg.log_samples or None]
-                self.log_tokens(result, record.rows(rows) if cfg.log_samples else record, rows, grades, texts,
+                self.tokens.queue(result, record.rows(rows) if cfg.log_samples else record, rows, grades, texts,
                                 reference)
         if logging_step and source == "student":  # can the teacher finish these prefixes correctly?
             with timed(timings, "t_rescue"):

@@ -14,6 +14,7 @@ import torch
 from opd_core import runs
 from opd_core.config import from_dict
 from opd_core.logging_sdk import OPDLogger
+from opd_core.loop_tokens import TokenLog
 from opd_core.objectives import TeacherNeeds, per_token_loss
 from opd_core.run_writer import TokenRows, masked_reason, token_table
 from opd_core.schema import ALIGNMENT_METRICS
@@ -40,6 +41,7 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
     trainer = Trainer.__new__(Trainer)  # the loop's own methods, without loading models
     trainer.cfg, trainer.support_k, trainer.needs = cfg, K, TeacherNeeds.TOPK
     trainer.pair = SimpleNamespace(student_strings=[str(i) for i in range(V)], shared=True)
+    trainer.tokens = TokenLog(tmp_path, trainer.pair)
     ids, real = batch.response_ids, batch.response_mask
     eos = (ids == EOS) & real
     special = torch.isin(ids, torch.tensor(SPECIAL)) & real
@@ -50,7 +52,7 @@ def _loop_side(tmp_path, responses, batch, s_logits, t_logits):
                 special, eos, masks)
     out = per_token_loss("sampled_token", s_logits, t_logits, ids, mask)
     record = trainer.token_record(sc, out)
-    table = token_table(7, record, trainer.token_rows(sc, [0, 1, 2], "student", reference=False, offset=0,
+    table = token_table(7, record, trainer.tokens.token_rows(sc, [0, 1, 2], "student", reference=False, offset=0,
                                                       infos=None))
     logging_step = trainer.step_metrics(sc, out, "student", [], record)
     every_step = trainer.step_metrics(sc, out, "student", [])  # the cheap fused pass of the other steps

@@ -199,11 +199,11 @@ class Scorer:
         grades = [Grade(bool(r.correct), True, None) for r in batch]
         texts = [t.student.tokenizer.decode(resp, skip_special_tokens=True) for resp in sc.responses]
         rows = list(range(len(batch)))
-        infos = t.sample_infos(sc, grades, texts, rows)
+        infos = t.tokens.sample_infos(sc, grades, texts, rows)
         for info, r in zip(infos, batch):
             info.prompt = r.prompt if r.messages is None else _messages_text(r.messages)
         table = token_table(step, t.token_record(sc, out),
-                            t.token_rows(sc, rows, "student", reference=False, offset=offset, infos=infos))
+                            t.tokens.token_rows(sc, rows, "student", reference=False, offset=offset, infos=infos))
         return _with_outcomes(table, batch, offset)
 
 
