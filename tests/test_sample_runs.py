@@ -72,12 +72,21 @@ def test_baseline_starts_with_most_rewards_negative():
     assert rewards.negative_reward_share(tokens, first) > 0.5
 
 
-def test_baseline_report_json_has_a_drift_finding_with_rescue_rates():
-    out = subprocess.run([sys.executable, "-m", "opd_core", "report", str(SAMPLE_DIR / "baseline-sampled-token"),
-                          "--json"], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert out.returncode == 0, out.stderr
-    (drift,) = [f for f in json.loads(out.stdout)["findings"] if f["mode"] == "drift"]
+def _report_json(run_dir: Path, capsys: pytest.CaptureFixture) -> dict:
+    """`opd-lab report RUN --json` in-process (the CLI's own main; a process per call would re-import torch;
+    the exit status of the process is checked below, on a folder that is not a run)."""
+    from opd_core.cli import main
+
+    capsys.readouterr()
+    code = main(["report", str(run_dir), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_baseline_report_json_has_a_drift_finding_with_rescue_rates(capsys):
+    (drift,) = [f for f in _report_json(SAMPLE_DIR / "baseline-sampled-token", capsys)["findings"]
+                if f["mode"] == "drift"]
     ev = drift["evidence"]
     assert ev["rescue_rate_teacher_own"] - ev["rescue_rate_drifted"] >= 0.5
     assert "rescue_rate_mild" in ev and "confidently_wrong_share" in ev and "position_matched_entropy_gap" in ev
@@ -140,12 +149,8 @@ def test_unmasked_sampled_token_runs_learn_not_to_stop():
         assert any(f.mode == "training" and "response length" in f.title for f in report.findings), name
 
 
-def test_report_cli_prints_json_for_a_sample_run():
-    out = subprocess.run([sys.executable, "-m", "opd_core", "report", str(SAMPLE_DIR / "top-p-sampled-token"),
-                          "--json"], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert out.returncode == 0, out.stderr
-    modes = {f["mode"] for f in json.loads(out.stdout)["findings"]}
+def test_report_cli_prints_json_for_a_sample_run(capsys):
+    modes = {f["mode"] for f in _report_json(SAMPLE_DIR / "top-p-sampled-token", capsys)["findings"]}
     assert "mismatch" in modes
 
 
