@@ -38,7 +38,7 @@ def test_gemma_teaches_a_two_layer_smollm2_cut_with_honest_alignment(tmp_path):
     cfg = from_dict({"student": str(student), "teacher": str(teacher), "objective": "topk_support",
                      "task": "toy:addition", "steps": 3, "prompts_per_step": 2, "num_rollouts": 2,
                      "max_new_tokens": 24, "log_tokens_every": 1, "eval_every": 0, "eval_size": 2,
-                     "reference_rollouts": False, "checkpoint_every": 0, "mask_special_tokens": True,
+                     "reference_rollouts": True, "checkpoint_every": 0, "mask_special_tokens": True,
                      "temperature": 1.0, "seed": 0})
     run = train(cfg, runs_dir=tmp_path, name="gemma-to-smol")
     assert runs.read_status(run)["state"] == "finished", runs.read_status(run)
@@ -54,19 +54,25 @@ def test_gemma_teaches_a_two_layer_smollm2_cut_with_honest_alignment(tmp_path):
     assert masked[~aligned].all()  # topk_support compares distributions: only 1:1 tokens train
     text = tokens["token"].astype(str)
     space_initial = aligned & text.str.startswith(" ").to_numpy() & ~tokens["is_special"].to_numpy(bool)
-    assert space_initial.sum() >= 20
+    by_teacher = (tokens["prefix_source"] == "teacher").to_numpy()  # the teacher's own rollouts, re-tokenised
+    assert (space_initial & ~by_teacher).sum() >= 20 and (space_initial & by_teacher).sum() >= 20
     # ▁ reads as a space: every aligned space-initial token was scored against teacher tokens of exactly its
     # text (the misread compared " the" with other pieces: median teacher_rank 15,186).
     pieces = tokens["teacher_pieces"][space_initial]
     assert all("".join(p) == t for p, t in zip(pieces, text[space_initial]))
-    # And the teacher agrees with those tokens. Not the median < 10 of a single run: on a 2-layer cut's
-    # temperature-1 text the ranks split into tokens the teacher ranks 1-10 (repeats it copies, function
-    # words; 54-64% of them) and junk words it ranks 30-7,000, so the median sits on that boundary and
-    # moved between 2 and 27 across seeds and lengths (BENCHMARKS.md, session 3). Ranks are over the
-    # student's 49,152 ids scored by the teacher through the id map (scoring.score_teacher), the space the
-    # two distributions are compared in. The share in that top 10 is the same evidence without the coin flip.
-    ranks = tokens["teacher_rank"].to_numpy()[space_initial]
-    assert (ranks <= 10).mean() > 0.35 and np.median(ranks) < 100, np.sort(ranks).tolist()
+    ranks = tokens["teacher_rank"].to_numpy()
+    # The Done-when's median rank under 10, on text the teacher itself wrote (its reference rollouts, re-read
+    # in the student's tokens): an honest alignment ranks the teacher's own words near the top; the misread
+    # ranked them ~15,000. Ranks are over the student's 49,152 ids scored by the teacher through the id map
+    # (scoring.score_teacher), the space the two distributions are compared in.
+    teacher_written = ranks[space_initial & by_teacher]
+    assert np.median(teacher_written) < 10, np.sort(teacher_written).tolist()
+    # On the 2-layer cut's own temperature-1 text the ranks split into tokens the teacher ranks 1-10 (repeats,
+    # function words; 47-66% of them) and junk words it ranks 30-7,000, so a median there sits on that
+    # boundary (13 at seed 1; BENCHMARKS.md, session 3). The share in the top 10 is that evidence without
+    # the coin flip.
+    student_written = ranks[space_initial & ~by_teacher]
+    assert (student_written <= 10).mean() > 0.35 and np.median(student_written) < 100, np.sort(student_written).tolist()
 
     alignment = runs.read_json(run / "alignment.json")
     assert alignment["eos_a"] == "<|im_end|>" and alignment["end_of_turn_a"] == "<|im_end|>"
