@@ -102,10 +102,7 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32"
     except Exception as exc:
         raise ModelLoadError(f"{path}: not a loadable causal-LM checkpoint ({_one_line(exc)}); "
                              "expected a folder written by save_pretrained for a *ForCausalLM model") from None
-    model.to(torch_device).eval()
-    vocab_size = _real_vocab_size(path, tokenizer, model)
-    _fill_generation_config(model, tokenizer)
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path, name=path.name, vocab_size=vocab_size)
+    return _ready(model, tokenizer, path, path.name, torch_device)
 
 
 def _load_gguf(path: Path, gguf_file: Path, *, device: str, dtype: str) -> LoadedModel:
@@ -122,10 +119,15 @@ def _load_gguf(path: Path, gguf_file: Path, *, device: str, dtype: str) -> Loade
     except Exception as exc:
         raise ModelLoadError(f"{gguf_file}: not a loadable GGUF causal LM ({_one_line(exc)}); transformers reads "
                              "GGUF files of the architectures it knows (Llama, Gemma 3, Qwen, ...)") from None
+    return _ready(model, tokenizer, gguf_file, gguf_file.stem, torch_device)
+
+
+def _ready(model, tokenizer, source: Path, name: str, torch_device) -> LoadedModel:
+    """The same last steps for every format: on its device in eval mode, vocabulary checked, EOS/pad set."""
     model.to(torch_device).eval()
-    vocab_size = _real_vocab_size(gguf_file, tokenizer, model)
+    vocab_size = _real_vocab_size(source, tokenizer, model)
     _fill_generation_config(model, tokenizer)
-    return LoadedModel(model=model, tokenizer=tokenizer, path=gguf_file, name=gguf_file.stem, vocab_size=vocab_size)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=source, name=name, vocab_size=vocab_size)
 
 
 def vocab_fit_problem(path: Path, n_tokens: int, rows: int) -> str | None:

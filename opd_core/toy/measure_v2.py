@@ -41,9 +41,7 @@ def _teacher_stats(pair: TokenizerPair, teacher, prompts, responses):
     """Per student token: teacher log-prob of the token, entropy and top-1 at that prefix (shared vocab)."""
     out = []
     for p, r in zip(prompts, responses):
-        ids = pair.teacher_prompt_ids(p)
-        x = torch.tensor([ids + list(r)])
-        lp = torch.log_softmax(teacher(x).logits[0, len(ids) - 1:-1, : len(pair.teacher)].float(), -1)
+        lp = _response_logprobs(teacher, pair.teacher_prompt_ids(p), r, len(pair.teacher))
         out.append((lp.gather(1, torch.tensor(r)[:, None])[:, 0].numpy(), (-(lp.exp() * lp).sum(-1)).numpy(),
                     lp.exp().max(-1).values.numpy()))
     return out
@@ -51,13 +49,14 @@ def _teacher_stats(pair: TokenizerPair, teacher, prompts, responses):
 
 @torch.no_grad()
 def _student_logps(pair: TokenizerPair, student, prompts, responses):
-    out = []
-    for p, r in zip(prompts, responses):
-        ids = pair.student_prompt_ids(p)
-        x = torch.tensor([ids + list(r)])
-        lp = torch.log_softmax(student(x).logits[0, len(ids) - 1:-1, : pair.student_vocab_size].float(), -1)
-        out.append(lp.gather(1, torch.tensor(r)[:, None])[:, 0].numpy())
-    return out
+    return [_response_logprobs(student, pair.student_prompt_ids(p), r, pair.student_vocab_size)
+            .gather(1, torch.tensor(r)[:, None])[:, 0].numpy() for p, r in zip(prompts, responses)]
+
+
+def _response_logprobs(model, prompt_ids: list[int], response: list[int], vocab: int) -> torch.Tensor:
+    """[len(response), vocab] log-probs of the next token at each response position (shared vocab, one row)."""
+    x = torch.tensor([prompt_ids + list(response)])
+    return torch.log_softmax(model(x).logits[0, len(prompt_ids) - 1:-1, :vocab].float(), -1)
 
 
 def measure_pair(student_dir: Path, teacher_dir: Path, *, n_prompts: int = 24, rollouts: int = 4, seed: int = 0,
