@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 HEIGHT = 340
@@ -24,8 +25,22 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} needs columns {missing}; got {list(df.columns)} (pass the diagnostics output)")
 
 
+def _white(fig: go.Figure) -> go.Figure:
+    """The plotly_white template, set the way plotly sets its default template on every new figure: without
+    validating the registered (already valid) template again. ``template="plotly_white"`` re-validates all of
+    it, 8 ms a figure: a third of a diagnosis page's server time on a rerun."""
+    layout = fig.layout
+    validate = layout._validate  # noqa: SLF001 - plotly's own switch (BaseFigure._initialize_layout_template)
+    layout._validate = False  # noqa: SLF001
+    try:
+        layout.template = pio.templates["plotly_white"]
+    finally:
+        layout._validate = validate  # noqa: SLF001
+    return fig
+
+
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = HEIGHT) -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0, "font": {"size": 15}}, template="plotly_white", height=height,
+    _white(fig).update_layout(title={"text": title, "x": 0, "font": {"size": 15}}, height=height,
                       margin={"l": 10, "r": 10, "t": 45, "b": 10}, legend={"orientation": "h", "y": -0.2},
                       xaxis_title=x, yaxis_title=y, hovermode="x unified")
     return fig
@@ -35,7 +50,7 @@ def empty_figure(message: str) -> go.Figure:
     """A blank figure that says why there is nothing to draw (instead of an empty axis)."""
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
-    fig.update_layout(template="plotly_white", height=200, xaxis_visible=False, yaxis_visible=False,
+    _white(fig).update_layout(height=200, xaxis_visible=False, yaxis_visible=False,
                       margin={"l": 10, "r": 10, "t": 10, "b": 10})
     return fig
 
@@ -179,5 +194,5 @@ def metrics_overview_figure(metrics: pd.DataFrame, columns: Sequence[str]) -> go
         part = metrics[["step", column]].dropna()
         fig.add_trace(go.Scatter(x=part["step"], y=part[column], mode="lines+markers", name=column,
                                  marker={"size": 4}, showlegend=False), row=1, col=i)
-    fig.update_layout(template="plotly_white", height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    _white(fig).update_layout(height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig

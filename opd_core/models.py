@@ -106,14 +106,15 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str = "float32"
 
 
 def _load_gguf(path: Path, gguf_file: Path, *, device: str, dtype: str) -> LoadedModel:
-    """A GGUF checkpoint, dequantised (see `opd_core.model_tools`), with the tokenizer stored in the file."""
-    from opd_core.model_tools import load_gguf_model
+    """A GGUF checkpoint, dequantised (see `opd_core.model_tools`; once, see `opd_core.gguf_cache`), with the
+    tokenizer stored in the file."""
+    from opd_core.gguf_cache import load_cached
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(gguf_file)
     try:
-        model = load_gguf_model(gguf_file, torch_dtype)
+        model = load_cached(gguf_file, torch_dtype)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
     except Exception as exc:

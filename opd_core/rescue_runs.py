@@ -12,28 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from opd_core.rescue import (
-    CONFIDENT_TOP1,
-    SINCE_ERROR_GRID,
-    Rollout,
-    by_position,
-    by_since_error,
-    evaluate_cuts,
-    example_lookup,
-    first_wrong_tokens,
-    plan_cuts,
-    summarize,
-)
-from opd_core.rollout import Sampling
+# The cut / continue / grade code (opd_core.rescue, and torch and transformers with it: ~3 s of imports) is
+# imported where a rescue is computed: the health report and the Drift page only read rescue.json.
 
 RESCUE_FILE = "rescue.json"
 
 
-
-def rollouts_from_tokens(tokens: pd.DataFrame) -> list[Rollout]:
+def rollouts_from_tokens(tokens: pd.DataFrame) -> list:
     """Rebuild the logged responses (student and the teacher's reference rollouts) from token records."""
+    from opd_core.rescue import Rollout
+
     out = []
     has_top1 = "teacher_top1_prob" in tokens.columns
     has_nuc = "in_teacher_nucleus" in tokens.columns
@@ -47,15 +36,27 @@ def rollouts_from_tokens(tokens: pd.DataFrame) -> list[Rollout]:
     return out
 
 
-
-
 def rescue_run(run_dir: str | Path, *, steps: list[int] | None = None, budget: int | None = None,
                seed: int = 0, every_cut: bool = True, write: bool = True) -> dict:
     """Compute the rescue table of a run from its logged rollouts; writes ``rescue.json`` into the run dir."""
+    import torch
+
     from opd_core import runs
     from opd_core.config import from_dict
     from opd_core.models import load_pair
     from opd_core.pairing import TokenizerPair
+    from opd_core.rescue import (
+        CONFIDENT_TOP1,
+        SINCE_ERROR_GRID,
+        by_position,
+        by_since_error,
+        evaluate_cuts,
+        example_lookup,
+        first_wrong_tokens,
+        plan_cuts,
+        summarize,
+    )
+    from opd_core.rollout import Sampling
     from opd_core.tasks import load_task
 
     run_dir = Path(run_dir)

@@ -16,6 +16,7 @@ worker busy while the other idles: the longest tests and groups are therefore ha
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,42 @@ if WORKER:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _patch_apptest_wait() -> None:
+    """AppTest waits for each script run by polling every millisecond whether the runner's event list (one entry
+    per element drawn) holds a SHUTDOWN: a scan of hundreds of events 1,000 times a second, on the thread that
+    competes for the GIL with the script it waits for (a fifth of the CPU of the AppTest-driven page tests).
+    Waiting on the script thread itself ends at the same moment and costs nothing. Same contract: returns
+    once the run stopped, else stops the runner and raises the same timeout error."""
+    try:
+        from streamlit.testing.v1 import local_script_runner as lsr
+    except ImportError:
+        return
+    original = getattr(lsr, "require_widgets_deltas", None)
+    if original is None or getattr(original, "_opd_patched", False):
+        return
+
+    def require_widgets_deltas(runner, timeout: float = 3) -> None:
+        thread = getattr(runner, "_script_thread", None)
+        if thread is None:  # not the runner this patch knows: keep Streamlit's own wait
+            return original(runner, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if runner.script_stopped():
+                return None
+            thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
+        if runner.script_stopped():
+            return None
+        runner.request_stop()
+        runner.join()
+        raise RuntimeError(f"AppTest script run timed out after {timeout}(s)")
+
+    require_widgets_deltas._opd_patched = True
+    lsr.require_widgets_deltas = require_widgets_deltas
+
+
+_patch_apptest_wait()
 
 # Modules whose tests share a module-scoped fixture that costs seconds to build (a server, chromium, a
 # subprocess run, 69 damaged runs, a live measurement of the v2 toy pair, real tokenizers): kept together on
@@ -67,11 +104,27 @@ def _rank(item: pytest.Item) -> int:
     return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
 
+def _shared_fixture_scope(nodeid: str) -> str | None:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return module if module in SHARED_FIXTURE_MODULES else None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
+    """``--dist loadgroup`` with the groups named here: xdist reads ``xdist_group`` markers into node ids, which
+    pytest 9 no longer lets a plugin rewrite, so its own grouping silently sent a module's tests to both
+    workers and built each shared fixture twice."""
+    if config.getoption("dist", None) != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _shared_fixture_scope(nodeid) or nodeid
+
+    return SharedFixtureScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if module in SHARED_FIXTURE_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
     items.sort(key=_rank)  # stable: the rest keep their order
     # xdist queues a second unit behind the one a worker is running: the worker that takes the longest test
     # also gets the third unit, which waits for it. Make that one short (the first test of the rest).

@@ -85,6 +85,21 @@ def _no_error_box(page) -> None:
     assert errors.count() == 0, errors.first.inner_text()
 
 
+def _open_popover(page, button: str, field: str):
+    """Open a popover and return its ``field``. A click that lands while the page reruns (the run's state just
+    changed, so the Live page redraws) can be lost with the old button; click again rather than wait 30 s."""
+    for _ in range(3):
+        _settled(page)
+        page.get_by_role("button", name=button).first.click()
+        box = page.get_by_label(field)
+        try:
+            box.wait_for(state="visible", timeout=10_000)
+            return box
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try the click once more
+            continue
+    raise AssertionError(f"the {button!r} popover never showed {field!r}")
+
+
 def test_launch_watch_stop_resume_and_fork_in_the_browser(server, page) -> None:
     url, runs_dir = server
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -116,8 +131,8 @@ def test_launch_watch_stop_resume_and_fork_in_the_browser(server, page) -> None:
     _button(page, "Stop").click()
     _wait_text(page, "browser-base", lambda t: "· stopped ·" in t, "stopped again")
 
-    page.get_by_role("button", name="Fork").first.click()
-    page.get_by_label("Change settings (key=value, one per line)").fill("top_p=0.9\nmask_special_tokens=true")
+    _open_popover(page, "Fork", "Change settings (key=value, one per line)").fill(
+        "top_p=0.9\nmask_special_tokens=true")
     page.get_by_role("button", name="Fork").last.click()
     page.get_by_text("Forked into", exact=False).wait_for(timeout=30_000)
     forks = [s for s in runs.list_runs(runs_dir) if s.parent == "browser-base"]

