@@ -40,7 +40,7 @@ LABELS = {
     "mask_special_tokens": "Mask special tokens", "mask_token_strings": "Also mask these token strings",
     "mask_after_eos": "Mask everything after EOS", "log_tokens_every": "Log tokens every N steps",
     "log_samples": "Samples logged per step (0 = all)", "log_top_k": "Candidates logged per token",
-    "reference_rollouts": "Log teacher-prefix reference rollouts", "nucleus_p": "Nucleus p for drift",
+    "reference_rollouts": "Log teacher-prefix reference rollouts", "rescue_budget": "Rescue cuts per logging step", "nucleus_p": "Nucleus p for drift",
     "eval_every": "Evaluate every N steps", "eval_size": "Evaluation prompts", "checkpoint_every": "Checkpoint every N steps",
 }
 PARAM_PREFIX = "param"  # widget keys of objective parameters: "<form>:param:<objective>:<name>"

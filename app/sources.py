@@ -55,7 +55,7 @@ def _run_dirs(base: Path) -> list[tuple[str, Path]]:
     listing fail, the folders are listed directly (newest modified first), so every other run still shows
     and the damaged one is named on its own row."""
     try:
-        return [(s.run_id, s.path) for s in runs.list_runs(base)]
+        return runs.list_run_paths(base)
     except Exception:  # noqa: BLE001 - one run's damage must not hide the others
         pass
     entries = []

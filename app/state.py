@@ -69,6 +69,20 @@ def metrics(run_dir: str | Path) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
+def _last_metrics(path: str, names: tuple[str, ...], stamp: tuple) -> dict[str, float | None]:
+    from app.tables import last_value
+
+    frame = runs.read_metrics(path)
+    return {name: last_value(frame, name) for name in names}
+
+
+def last_metrics(run_dir: str | Path, names: Sequence[str]) -> dict[str, float | None]:
+    """The last logged value of each named metric (None when never logged): the Runs table's row reads these
+    few numbers, not the whole metrics table, for every run on every rerun."""
+    return _last_metrics(str(run_dir), tuple(names), _stamp(Path(run_dir) / runs.METRICS_FILE))
+
+
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _config(path: str, stamp: tuple) -> dict:
     config = runs.read_config(path)
     return config if isinstance(config, dict) else {}
@@ -138,9 +152,12 @@ def _health(path: str, stamp: tuple) -> Any:
     return health(path)
 
 
-def live_health_report(run_dir: str | Path) -> Any:
+def live_health_report(run_dir: str | Path, active: bool = True) -> Any:
     """The HealthReport of a run that is training, re-evaluated when new token records land (or every
-    ~64 KB of new metrics), not on every 2-second refresh."""
+    ~64 KB of new metrics), not on every 2-second refresh. A run that is not training (``active`` False) has
+    the report the other pages cached, not a second one computed under another key."""
+    if not active:
+        return health_report(run_dir)
     d = Path(run_dir)
     metrics_size = _stamp(d / runs.METRICS_FILE)[1]
     return _health(str(run_dir), (_stamp(d / runs.TOKENS_DIR), metrics_size // 65536, _stamp(d / runs.STATUS_FILE)[1]))

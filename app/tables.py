@@ -53,13 +53,15 @@ def health_summary(report: object, damaged: int = 0) -> str:
     return " · ".join(parts) if parts else "ok"
 
 
-def run_row(key: str, label: str, summary: RunSummary, metrics: pd.DataFrame, report: object) -> dict:
-    """One row of the Runs table: what tells runs apart first (status, metrics, flags), details last."""
+def run_row(key: str, label: str, summary: RunSummary, last: Mapping[str, float | None], report: object) -> dict:
+    """One row of the Runs table: what tells runs apart first (status, metrics, flags), details last.
+
+    ``last``: the last value of each of :data:`LAST_METRICS` (``state.last_metrics``)."""
     progress = f"{summary.step or 0}/{summary.total_steps}" if summary.total_steps else str(summary.step or 0)
     row = {"key": key, "run": label, "status": summary.state + (" (stale)" if summary.stale else ""),
            "objective": summary.objective or "", "progress": progress}
     for column in LAST_METRICS:
-        row[column] = last_value(metrics, column)
+        row[column] = last.get(column)
     problems = [str(p) for p in getattr(summary, "problems", None) or []]
     row["health"] = health_summary(report, len(problems))
     row["flags"] = "; ".join([*(f"[damaged] {p}" for p in problems), *filter(None, [flags_text(report)])])

@@ -145,9 +145,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from opd_core.config import ConfigError, load_config
+
+    if not args.resume and not (args.config and Path(args.config).is_dir()):
+        try:  # a typo in a setting is one line in a fraction of a second, before torch and transformers load
+            load_config(args.config, args.overrides)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+
     from transformers.utils import logging as hf_logging
 
-    from opd_core.config import ConfigError
     from opd_core.train_entry import train_from_cli
 
     hf_logging.disable_progress_bar()  # one progress bar on the terminal: the run's

@@ -116,6 +116,10 @@ class RunConfig:
                         lo=1, hi=256)
     reference_rollouts: bool = _f(True, "Logging", "At logging steps, also log the teacher's own rollouts of the "
                                   "same prompts (not trained on): the reference line of failure mode 2.")
+    rescue_budget: int = _f(12, "Logging", "Failure mode 2 inside the loop: at each logging step, cuts of the step's "
+                          "rollouts whose greedy teacher continuation is graded (the rescue rate). Each costs up to "
+                          "max_new_tokens teacher tokens; 0 = no rescue phase (`opd-lab rescue` still measures it "
+                          "afterwards).", lo=0, hi=10_000)
     nucleus_p: float = _f(0.9, "Logging", "Teacher nucleus used to measure drift: a sampled token outside the "
                           "teacher's top-p nucleus starts the `tokens_since_off_support` count.", lo=0.0,
                           lo_open=True, hi=1.0)

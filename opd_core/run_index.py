@@ -143,6 +143,28 @@ def list_runs(*runs_dirs: str | Path) -> list[RunSummary]:
     return sorted(found.values(), key=lambda r: (_whole(r.started_at) or 0, r.run_id), reverse=True)
 
 
+def list_run_paths(*runs_dirs: str | Path) -> list[tuple[str, Path]]:
+    """(run_id, path) of every run :func:`list_runs` lists, in its order, from each status.json's ``started_at``
+    alone. Every dashboard page offers the runs on every rerun; summarising each one (its config, its
+    trainer's liveness, the header of every token file) is the Runs table's job, not the run picker's."""
+    found: dict[Path, tuple[int, str, Path]] = {}
+    for base in runs_dirs:
+        base = Path(base)
+        try:
+            entries = sorted(base.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if not (is_run_name(entry.name) and is_run_dir(entry)):
+                    continue
+                status = read_json_object(entry, STATUS_FILE, []) or {}
+                found.setdefault(entry.resolve(), (_whole(status.get("started_at")) or 0, entry.name, entry))
+            except OSError:
+                continue
+    return [(run_id, path) for _, run_id, path in sorted(found.values(), key=lambda r: r[:2], reverse=True)]
+
+
 def validate_run_dir(run_dir: str | Path) -> list[str]:
     """Problems that break the run-directory contract (empty list = valid). Used by tests and the SDK."""
     run_dir = Path(run_dir)

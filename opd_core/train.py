@@ -365,12 +365,12 @@ class Trainer:
                 rows = list(range(len(sc.prompts)))[: cfg.log_samples or None]
                 self.tokens.queue(result, record.rows(rows) if cfg.log_samples else record, rows, grades, texts,
                                 reference)
-        if logging_step and source == "student":  # can the teacher finish these prefixes correctly?
+        if logging_step and source == "student" and cfg.rescue_budget:  # can the teacher finish these prefixes?
             with timed(timings, "t_rescue"):
                 metrics.update(loop_rescue(result.step, sc.prompts, sc.responses, grades, record, self.pair,
                                            self.teacher.model, self.task, result.rollout.examples, self.sampling,
                                            max_new_tokens=cfg.max_new_tokens, reference=reference,
-                                           seed=_step_seed(cfg.seed, result.step, 3)))
+                                           seed=_step_seed(cfg.seed, result.step, 3), budget=cfg.rescue_budget))
         return {**metrics, **timings}
 
     def run(self, start_step: int = 0, progress: bool = True, time_offset: float = 0.0) -> str:

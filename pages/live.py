@@ -159,9 +159,9 @@ def _latest_tokens(run_id: str) -> None:
 HEALTH_SEEN = "_live_health_seen"  # finding titles already shown per run, so only new ones raise a toast
 
 
-def _live_health(run_id: str) -> None:
+def _live_health(run_id: str, active: bool) -> None:
     """The focus run's health findings, re-evaluated on its new records; a finding that appears is announced."""
-    report = state.live_health_report(runs.run_path(runs_dir, run_id))
+    report = state.live_health_report(runs.run_path(runs_dir, run_id), active)
     findings = [f for f in report.findings if f.severity in ("critical", "warning", "info")]
     order = {"critical": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity])
@@ -235,7 +235,7 @@ def live_view() -> None:
     if st.session_state.get("_live_forked"):
         st.success(f"Forked into {md(st.session_state['_live_forked'])} (now watched above).", icon=":material/check:")
     try:
-        _live_health(focus)
+        _live_health(focus, p.state in runs.ACTIVE_STATES)
     except Exception as exc:  # noqa: BLE001 - a report that cannot be made is named, the view stays
         widgets.problem(focus, exc)
     try:

@@ -14,8 +14,8 @@ refs = widgets.runs_or_notice()
 rows = []
 for ref in refs:
     try:
-        rows.append(tables.run_row(ref.key, ref.label, runs.summarize_run(ref.path), state.metrics(ref.path),
-                                   state.health_report(ref.path)))
+        rows.append(tables.run_row(ref.key, ref.label, runs.summarize_run(ref.path),
+                                   state.last_metrics(ref.path, tables.LAST_METRICS), state.health_report(ref.path)))
     except Exception as exc:  # noqa: BLE001 - one damaged run is one row that says so, never a blank page
         rows.append(tables.damaged_row(ref.key, ref.label, widgets.describe(exc)))
 table = pd.DataFrame(rows).map(lambda v: plain(v) if isinstance(v, str) else v)

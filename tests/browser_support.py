@@ -88,3 +88,31 @@ def chromium_page(profile: Path, viewport: dict[str, int]) -> Iterator[object]:
             yield context.new_page()
         finally:
             context.close()
+
+
+# Streamlit writes its script state on the app root at once (the status widget shows only after a delay, so a
+# run that has just started can look finished to a check of the widget alone).
+NO_SCRIPT_RUNNING = """() => document.querySelector('[data-testid="stApp"]')?.getAttribute('data-test-script-state')
+    === 'notRunning' && !document.querySelector('[data-testid="stStatusWidget"]')"""
+
+
+def settle(page, quiet_ms: int = 400, settled_js: str = NO_SCRIPT_RUNNING, after_ms: int = 0,
+           timeout_s: float = 90) -> None:
+    """Wait until ``settled_js`` has held for ``quiet_ms`` on end, checked every 100 ms: a widget's rerun (or the
+    rerun a rerun triggers) starts within a few hundred ms of the click. A fixed pause before each check costs
+    its whole length on every call; this costs ``quiet_ms`` when the page is already still. ``after_ms``: a
+    pause first, for a rerun that comes on a timer (the Live page's refresh)."""
+    if after_ms:
+        page.wait_for_timeout(after_ms)
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if not page.evaluate(settled_js):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif (now - quiet_since) * 1000 >= quiet_ms:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the page never stayed settled for {quiet_ms} ms within {timeout_s:.0f} s")

@@ -65,6 +65,23 @@ def _patch_apptest_wait() -> None:
 
 _patch_apptest_wait()
 
+
+def _share_apptest_script_cache() -> None:
+    """AppTest makes a new ScriptCache for every run, so each run parses, rewrites ("magic") and compiles
+    app/main.py again; the server keeps one for its life (and clears it when a file changes, which no test
+    does to the dashboard's own files). One cache for the session, as the server has."""
+    try:
+        from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+        from streamlit.testing.v1 import app_test
+    except ImportError:
+        return
+    if isinstance(getattr(app_test, "ScriptCache", None), type):
+        shared = ScriptCache()
+        app_test.ScriptCache = lambda: shared
+
+
+_share_apptest_script_cache()
+
 # Modules whose tests share a module-scoped fixture that costs seconds to build (a server, chromium, a
 # subprocess run, 69 damaged runs, a live measurement of the v2 toy pair, real tokenizers): kept together on
 # one worker.

@@ -7,14 +7,14 @@ import pytest
 
 from app.navigation import available_specs
 from opd_core.synthetic_runs import write_synthetic_run
-from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
+from tests.browser_support import NO_SCRIPT_RUNNING, SCREENSHOTS, chromium_page, running_opd_lab, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # Every page the app registers, optional pages other helpers add (Launch, Live, Lab) included once they exist.
 # The default page (Runs) lives at the root URL; Streamlit answers its url_path with "page not found".
 PAGES = [("" if spec.file == "runs.py" else spec.url_path, spec.title) for spec in available_specs()]
-PAGE_SETTLED = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+PAGE_SETTLED = """() => (""" + NO_SCRIPT_RUNNING + """)()
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('svg.main-svg'))"""
 
 
@@ -36,10 +36,8 @@ def _open(page, url: str) -> None:
     page.goto(url)
     # Wait for the page's own title (h1), so we know its script has started rendering.
     page.locator("h1").first.wait_for(timeout=60_000)
-    # Then until the script run is over and every chart has drawn, twice in a row (reruns can follow).
-    for _ in range(2):
-        page.wait_for_timeout(400)
-        page.wait_for_function(PAGE_SETTLED, timeout=60_000)
+    # Then until the script run is over and every chart has drawn, and stays so (reruns can follow).
+    settle(page, settled_js=PAGE_SETTLED)
 
 
 def test_every_page_opens_without_an_error_box(server: str, browser_page) -> None:

@@ -31,13 +31,12 @@ from app import config_form
 from app.navigation import available_specs
 from opd_core import runs
 from opd_core.synthetic_runs import write_synthetic_run
-from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab
+from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 VIEWPORT = {"width": 1440, "height": 900}
 HOSTILE_URL_PATH = "/x.png"
-SETTLED = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +72,8 @@ def page(tmp_path_factory: pytest.TempPathFactory):
         yield pg
 
 
-def _settle(page, extra_ms: int = 600) -> None:
-    for _ in range(2):
-        page.wait_for_timeout(extra_ms)
-        page.wait_for_function(SETTLED, timeout=90_000)
+def _settle(page, quiet_ms: int = 600, after_ms: int = 0) -> None:
+    settle(page, quiet_ms, after_ms=after_ms)
 
 
 def _open(page, url: str, heading: str) -> None:
@@ -118,7 +115,7 @@ def test_editing_the_live_watch_list_in_the_browser(server, page) -> None:
         page.get_by_role("option", name=re.compile(rf"^{run_id}")).first.click()
         page.keyboard.press("Escape")
         _settle(page)
-    _settle(page, 1500)  # a rerun (the live refresh) must keep the edit
+    _settle(page, after_ms=1500)  # a rerun (the live refresh) must keep the edit
     bars = page.locator('[data-testid="stProgress"]')
     texts = " ".join(bars.nth(i).inner_text() for i in range(bars.count()))
     assert "watch-a" in texts and "watch-b" in texts, texts

@@ -146,3 +146,20 @@ def test_every_figure_carries_an_unshared_copy_of_the_plotly_white_template():
         assert fig.to_dict()["layout"]["template"] == white
     lorenz.layout.template.layout.font.size = 30  # one figure restyled: the registered template stays
     assert pio.templates["plotly_white"].to_plotly_json() == white
+
+
+def test_the_runs_tables_last_metrics_are_the_last_logged_values_and_follow_new_records(tmp_path) -> None:
+    import json
+
+    from app import state
+    from opd_core import runs
+    from opd_core.synthetic_runs import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "r", steps=4, log_every=2, samples=1, length=4)
+    metrics = runs.read_metrics(run)
+    last = state.last_metrics(run, tables.LAST_METRICS)
+    assert last == {c: tables.last_value(metrics, c) for c in tables.LAST_METRICS}
+    assert last["loss"] == float(metrics["loss"].dropna().iloc[-1])
+    with open(run / runs.METRICS_FILE, "a") as fh:  # a live run logs one more step
+        fh.write(json.dumps({"step": 99, "loss": 12.5}) + "\n")
+    assert state.last_metrics(run, tables.LAST_METRICS)["loss"] == 12.5

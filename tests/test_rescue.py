@@ -3,6 +3,7 @@
 import math
 
 import pandas as pd
+import pytest
 
 from opd_core import rescue
 
@@ -60,14 +61,17 @@ def test_summary_rates_and_confidently_wrong():
     assert math.isclose(rescue.step_metrics(rows)["rescue_rate_on_support"], 1.0)
 
 
-def test_loop_logs_rescue_metrics_with_their_own_timing(tmp_path):
-    """A logging step runs the rescue phase (bounded cuts) and logs its rates and t_rescue."""
+@pytest.mark.parametrize("budget", [None, 3, 0])
+def test_loop_logs_rescue_metrics_with_their_own_timing(tmp_path, budget):
+    """A logging step runs the rescue phase (at most ``rescue_budget`` cuts) and logs its rates and t_rescue;
+    a budget of 0 turns the phase off and trains the same."""
     from opd_core import runs
     from opd_core.config import load_config
     from opd_core.train_entry import run_in_dir
 
-    cfg = load_config("matched", ["steps=1", "prompts_per_step=4", "num_rollouts=2", "eval_every=0", "eval_size=4",
-                                  "log_tokens_every=1", "checkpoint_every=0", "max_new_tokens=24"])
+    sets = ["steps=1", "prompts_per_step=4", "num_rollouts=2", "eval_every=0", "eval_size=4", "log_tokens_every=1",
+            "checkpoint_every=0", "max_new_tokens=24"] + ([] if budget is None else [f"rescue_budget={budget}"])
+    cfg = load_config("matched", sets)
     run = tmp_path / "r"
     run.mkdir()
     runs.write_config(run, cfg.to_dict())
@@ -75,7 +79,10 @@ def test_loop_logs_rescue_metrics_with_their_own_timing(tmp_path):
     assert run_in_dir(run, progress=False) == "finished"
     m = runs.read_metrics(run)
     row = m[m["step"] == 1].iloc[0]
-    assert 0 < row["rescue_cuts"] <= rescue.DEFAULT_LOOP_CUTS
+    if budget == 0:
+        assert "rescue_cuts" not in m.columns and "t_rescue" not in m.columns
+        return
+    assert 0 < row["rescue_cuts"] <= (budget or rescue.DEFAULT_LOOP_CUTS)
     assert row["t_rescue"] > 0
     assert "rescue_rate_on_support" in m.columns and "confidently_wrong_share" in m.columns
 

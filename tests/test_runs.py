@@ -103,3 +103,18 @@ def test_read_tokens_filters_by_equality_and_membership(tmp_path):
     assert set(one["sample"]) == {3}
     two = runs.read_tokens(run, steps=[1], columns=["sample"], filters=[("sample", "in", [0, 2])])
     assert set(two["sample"]) == {0, 2}
+
+
+def test_the_run_pickers_listing_is_list_runs_order_without_summarising(tmp_path):
+    from tests.corrupt_runs import make_corrupt_runs
+
+    base = make_corrupt_runs(tmp_path)[0].parent  # every kind of damage, status.json's included
+    for i, started in enumerate([4e9, 2e9, 3e9, 3e9]):  # after every other run
+        run = write_synthetic_run(base / f"dated-{i}", steps=2, samples=1, length=4)
+        status = json.loads((run / runs.STATUS_FILE).read_text())
+        (run / runs.STATUS_FILE).write_text(json.dumps({**status, "started_at": started}))
+    (base / "link-to-dated-0").symlink_to(base / "dated-0")  # one run under two names is listed once
+    expected = [(s.run_id, s.path) for s in runs.list_runs(base)]
+    assert runs.list_run_paths(base) == expected
+    assert len(expected) > 60 and [r for r, _ in expected[:4]] == ["dated-0", "dated-3", "dated-2", "dated-1"]
+    assert runs.list_run_paths(tmp_path / "missing") == []
