@@ -161,6 +161,9 @@ def test_interrupted_scoring_resumes_without_duplicated_or_missing_rows(tmp_path
         score_rollouts(ROLLOUTS / "plain.jsonl", **kw)
     assert runs.read_status(out)["state"] == "stopped"
     assert runs.token_steps(out) == [1]
+    leftover = out / ".scoring" / "step_000002" / ".part_000003.parquet.99999.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"PAR1 half a part")  # what a writer killed mid-part leaves (the resume failed on it)
     again = score_rollouts(ROLLOUTS / "plain.jsonl", **kw)
     assert again.skipped_responses == 8 + 2 and again.responses == 6
     assert runs.validate_run_dir(out) == [] and not (out / ".scoring").exists()

@@ -314,14 +314,14 @@ def _objective_name(config: dict) -> str | None:
     return objective if isinstance(objective, str) else None
 
 
-def _rescue_summary(run_dir: Path) -> dict | None:
+def _rescue_summary(run_dir: Path, metrics) -> dict | None:
     """The run's rescue rates: rescue.json (`opd-lab rescue`) when present, else the logged per-step ones."""
     from opd_core.rescue_runs import read_rescue, summary_from_metrics
 
     data = read_rescue(run_dir)
     if data is not None:
         return data["summary"]
-    return summary_from_metrics(runs.read_metrics(run_dir))
+    return summary_from_metrics(metrics)
 
 
 def _token_columns(run_dir: Path) -> list[str]:
@@ -349,6 +349,7 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
     findings: list[Finding] = []
     skipped: list[str] = []
     tokens = read_run_tokens(run_dir, _token_columns(run_dir), max_token_steps, problems=problems)
+    metrics = runs.read_metrics(run_dir, problems)
     if tokens.empty:
         skipped.append("imbalance, drift, mismatch, collapse: no token records in tokens/ that can be read "
                        "(set log_tokens_every to log them)")
@@ -361,10 +362,10 @@ def health(run_dir: str | Path, *, max_token_steps: int | None = 8,
             skipped.append(f"{damage[0]}: mismatch judged from the token signal only" if damage else
                            "alignment.json absent: mismatch judged from the token signal only")
         findings += _guarded("imbalance", skipped, lambda: check_imbalance(tokens, objective, thresholds))
-        findings += _guarded("drift", skipped, lambda: check_drift(tokens, thresholds, _rescue_summary(run_dir)))
+        findings += _guarded("drift", skipped,
+                             lambda: check_drift(tokens, thresholds, _rescue_summary(run_dir, metrics)))
         findings += _guarded("mismatch", skipped, lambda: check_mismatch(tokens, alignment, config, thresholds))
         findings += _guarded("collapse", skipped, lambda: check_collapse(tokens, config, thresholds))
-    metrics = runs.read_metrics(run_dir, problems)
     if len(metrics) == 0:
         skipped.append("training checks: metrics.jsonl has no records that can be read")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -70,8 +71,11 @@ def part_file(run_dir: Path, step: int, chunk: int) -> Path:
 def write_part(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a write cut short (a stop, a full disk) leaves no half part behind
 
 
 def merge_parts(run_dir: Path, step: int, n_chunks: int) -> Path:
@@ -79,9 +83,9 @@ def merge_parts(run_dir: Path, step: int, n_chunks: int) -> Path:
     parts = [part_file(run_dir, step, c) for c in range(n_chunks)]
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
     target = write_token_stream(run_dir, step, schema, (pq.read_table(p) for p in parts))
-    for p in parts:
-        p.unlink(missing_ok=True)
-    parts[0].parent.rmdir()
+    # Every part is in the token file now. The folder may still hold what a killed writer left (a half-written
+    # temporary part): it goes too, or the resumed job would fail here with "directory not empty".
+    shutil.rmtree(parts[0].parent, ignore_errors=True)
     return target
 
 
