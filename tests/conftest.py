@@ -121,9 +121,20 @@ def _rank(item: pytest.Item) -> int:
     return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
 
+# Tests of different modules (or some tests of one) that share a session-wide cost, by node-id prefix: the
+# torchrun and accelerate runs compare with one single-process run (``ddp_single_run``, trained once per
+# worker); the eight 69-run page tests read the same 69 health reports (cached once per worker).
+SHARED_COST_GROUPS = {
+    "tests/test_distributed.py": "single-process-reference",
+    "tests/test_accelerate_launch.py": "single-process-reference",
+    "tests/test_app_pages.py::test_every_page_opens_on_every_generated_corrupt_run": "corrupt-run-pages",
+}
+
+
 def _shared_fixture_scope(nodeid: str) -> str | None:
+    group = next((name for prefix, name in SHARED_COST_GROUPS.items() if nodeid.startswith(prefix)), None)
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-    return module if module in SHARED_FIXTURE_MODULES else None
+    return group or (module if module in SHARED_FIXTURE_MODULES else None)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
