@@ -70,8 +70,8 @@ def test_a_background_scoring_stops_on_sigterm_and_resumes_without_duplicates(tm
 
     rows = [json.loads(line) for line in (REPO / "examples" / "rollouts" / "plain.jsonl").read_text().splitlines()]
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps({**r, "step": 1 + i // 128}) + "\n" for i, r in
-                           enumerate(rows[i % len(rows)] for i in range(512))))
+    big.write_text("".join(json.dumps({**r, "step": 1 + i // 64}) + "\n" for i, r in
+                           enumerate(rows[i % len(rows)] for i in range(256))))
     runs_dir = tmp_path / "runs"
     run = prepare_job(big, teacher="toy:matched", student="toy:matched", runs_dir=runs_dir, name="bg",
                       batch_size=1)
@@ -93,5 +93,5 @@ def test_a_background_scoring_stops_on_sigterm_and_resumes_without_duplicates(tm
     tokens = runs.read_tokens(run)
     assert runs.validate_run_dir(run) == [] and runs.token_steps(run) == [1, 2, 3, 4]
     assert not tokens.duplicated(["step", "sample", "pos"]).any()
-    assert tokens.groupby("step")["sample"].nunique().tolist() == [128] * 4
+    assert tokens.groupby("step")["sample"].nunique().tolist() == [64] * 4
     assert [r["step"] for r, _ in runs.iter_metric_records(run)] == [1, 2, 3, 4]
