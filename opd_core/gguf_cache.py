@@ -2,7 +2,7 @@
 
 Why: transformers rebuilds a GGUF model from its quantised blocks on every load. It parses the file's
 metadata twice (262K token strings for Gemma-3, one Python call each) and dequantises every tensor in
-numpy: ~45 s of CPU for Gemma-3-270M on this machine, ~12 s for SmolLM2-135M, paid by every run, resume
+numpy: ~35 s of CPU for Gemma-3-270M on this machine, ~12 s for SmolLM2-135M, paid by every run, resume
 and re-scoring that names the file. The float32 result is an ordinary checkpoint: saved once as
 safetensors under ``cache_root()/gguf-models/``, later loads read it like any Hugging Face folder.
 
