@@ -85,7 +85,7 @@ _share_apptest_script_cache()
 # Modules whose tests share a module-scoped fixture that costs seconds to build (a server, chromium, a
 # subprocess run, 69 damaged runs, a live measurement of the v2 toy pair, real tokenizers): kept together on
 # one worker.
-SHARED_FIXTURE_MODULES = {"test_browser", "test_browser_launch", "test_browser_views", "test_benchmarks_smoke",
+SHARED_FIXTURE_MODULES = {"test_browser_launch", "test_browser_views", "test_benchmarks_smoke",
                           "test_corrupt_runs", "test_toy_v2_world", "test_tokenizer_families"}
 
 # Node-id prefixes of the longest tests and groups, longest first (CPU seconds of each, one file at a time on
@@ -100,7 +100,6 @@ LONGEST_FIRST = (
     "tests/test_distributed.py",
     "tests/test_accelerate_launch.py",
     "tests/test_rescoring.py::test_scoring_shards_over_two_ranks",
-    "tests/test_browser.py",
     "tests/test_benchmarks_smoke.py",
     "tests/test_tokenizer_families.py",
     "tests/test_corrupt_runs.py",

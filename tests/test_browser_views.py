@@ -13,7 +13,11 @@ Each test leaves a screenshot in test-artifacts/screenshots/ (not committed) for
   then coloured by the per-token difference;
 - sample-filter.png: the inspector with the "did not stop" filter on;
 - launch-typed-param.png: a Launch whose objective parameter k was typed into a number widget;
-- hostile-<page>.png: every page on a run whose strings hold Markdown/HTML that would fetch or run something.
+- hostile-<page>.png: every page on a run whose strings hold Markdown/HTML that would fetch or run something;
+- page-<url path>.png: every page the app registers, opened from its URL on a synthetic run, whole;
+- inspector-hover.png: a token's hover card with both models' candidates.
+
+(One dashboard and one chromium serve every test here: each costs seconds of CPU to start.)
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from app import config_form
 from app.navigation import available_specs
 from opd_core import runs
 from opd_core.synthetic_runs import write_synthetic_run
-from tests.browser_support import SCREENSHOTS, chromium_page, running_opd_lab, settle
+from tests.browser_support import NO_SCRIPT_RUNNING, SCREENSHOTS, chromium_page, running_opd_lab, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -70,6 +74,13 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def page(tmp_path_factory: pytest.TempPathFactory):
     with chromium_page(tmp_path_factory.mktemp("chromium-profile"), VIEWPORT) as pg:
         yield pg
+
+
+# Every page the app registers, optional pages included. The default page (Runs) lives at the root URL;
+# Streamlit answers its url_path with "page not found".
+PAGES = [("" if spec.file == "runs.py" else spec.url_path, spec.title) for spec in available_specs()]
+CHARTS_DRAWN = """() => (""" + NO_SCRIPT_RUNNING + """)()
+    && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('svg.main-svg'))"""
 
 
 def _settle(page, quiet_ms: int = 600, after_ms: int = 0) -> None:
@@ -288,3 +299,30 @@ def test_a_compare_link_copied_from_the_address_bar_reopens_the_same_view(server
     assert page.get_by_role("radio", name="tokens seen").is_checked()
     _shot(page, "url-round-trip.png")
     _no_exception(page)
+
+
+def test_every_page_opens_without_an_error_box(server, page) -> None:
+    url, _, _ = server
+    for url_path, title in PAGES:
+        page.goto(f"{url}/{url_path}?run=runs:watch-a")  # a run with token records (the newest has none)
+        page.locator("h1").first.wait_for(timeout=60_000)  # the page's own title: its script has started
+        settle(page, settled_js=CHARTS_DRAWN)  # the run is over and every chart has drawn, and stays so
+        # page-<name>.png: never the name of a Done-when screenshot above (side-by-side.png)
+        _shot(page, f"page-{url_path}.png", full_page=True)
+        errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+        assert errors.count() == 0, f"page {title!r} shows an error: {errors.first.inner_text()}"
+        assert page.get_by_text("Page not found").count() == 0, f"page {title!r} is not registered"
+
+
+def test_hovering_a_token_shows_both_models_candidates(server, page) -> None:
+    url, _, _ = server
+    _open(page, f"{url}/inspector?run=runs:watch-a", "Token inspector")
+    token = page.locator(".opd-tok").nth(3)
+    tip = token.locator(".opd-tip")
+    assert not tip.is_visible()
+    token.hover()
+    tip.wait_for(state="visible", timeout=5_000)
+    text = tip.inner_text()
+    assert "teacher" in text and "student" in text
+    assert text.count("0.") >= 2  # probabilities of candidates are listed
+    _shot(page, "inspector-hover.png")

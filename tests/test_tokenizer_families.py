@@ -320,8 +320,10 @@ def test_a_gguf_tokenizer_is_converted_once_into_the_cache_and_reads_the_same(tm
     gguf = packaged_model("smollm2-135m-instruct")
     monkeypatch.setenv("OPD_LAB_CACHE", str(tmp_path))
     direct = tokenizer_files._read_gguf_tokenizer(gguf)
+    read = []  # the conversion saves what transformers read from the file: this very reading, not a second one
+    monkeypatch.setattr(tokenizer_files, "_read_gguf_tokenizer", lambda f: read.append(f) or direct)
     first = load_tokenizer(gguf)  # converts into tmp_path
-    assert list((tmp_path / "gguf-tokenizers").iterdir())
+    assert read == [gguf] and list((tmp_path / "gguf-tokenizers").iterdir())
     monkeypatch.setattr(tokenizer_files, "_read_gguf_tokenizer", lambda f: pytest.fail("read the GGUF again"))
     for again in (load_tokenizer(gguf), load_tokenizer(gguf, fast=True)):
         assert_same_tokenizer(again, direct)
