@@ -136,6 +136,7 @@ def _shared_fixture_scope(nodeid: str) -> str | None:
     return group or (module if module in SHARED_FIXTURE_MODULES else None)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist installed the suite runs in one process
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
     """``--dist loadgroup`` with the groups named here: xdist reads ``xdist_group`` markers into node ids, which
     pytest 9 no longer lets a plugin rewrite, so its own grouping silently sent a module's tests to both
