@@ -7,7 +7,7 @@ and re-scoring that names the file. The float32 result is an ordinary checkpoint
 safetensors under ``cache_root()/gguf-models/``, later loads read it like any Hugging Face folder.
 
 The key is the file's resolved path, size and modification time and the transformers version (the
-dequantisation is transformers' own), as for the tokenizer (``tokenizer_files.gguf_tokenizer_dir``): a
+dequantisation is transformers' own), the tokenizer's key too (``tokenizer_files.converted_copy_dir``): a
 replaced or rewritten file is converted again. A damaged copy is converted again, never trusted.
 
 Disk: the copy is float32, 4 bytes a weight (1.07 GB for Gemma-3-270M). Only models up to
@@ -18,11 +18,9 @@ dequantised on every load, with a one-line hint to convert it once (``opd-lab mo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,13 +42,9 @@ def limit_bytes() -> int:
 
 def cache_dir(file: Path) -> Path:
     """Where the dequantised copy of ``file`` lives (whether or not it exists yet)."""
-    import transformers
+    from opd_core.tokenizer_files import converted_copy_dir
 
-    from opd_core.tokenizer_files import cache_root
-
-    st = file.stat()
-    ident = f"{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{transformers.__version__}"
-    return cache_root() / "gguf-models" / f"{file.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    return converted_copy_dir("gguf-models", file)
 
 
 def load_cached(file: Path, dtype, dequantise: Callable | None = None):
@@ -92,19 +86,15 @@ def _save(model, file: Path, folder: Path, limit: int) -> None:
         print(f"note: {file.name} dequantises to {size / 1024**3:.1f} GB, over the {limit / 1024**3:g} GB that "
               f"{LIMIT_ENV} lets the cache keep; it is dequantised on every load ({hint})", file=sys.stderr)
         return
+    from opd_core.tokenizer_files import publish_folder
+
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(folder.parent).free < 2 * size:
             print(f"note: not caching {file.name}'s dequantised weights ({size / 1024**3:.1f} GB): the disk under "
                   f"{folder.parent} has less than twice that free ({hint})", file=sys.stderr)
             return
-        staging = Path(tempfile.mkdtemp(prefix=f".{file.stem}.", dir=folder.parent))
-        try:
-            model.save_pretrained(staging)
-            staging.rename(folder)  # atomic: a reader sees no folder or a whole one
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:  # read-only or full cache, or another process got there first
-        if not (folder / "config.json").is_file():
-            print(f"note: could not cache {file.name}'s dequantised weights in {folder.parent} ({exc}); "
-                  "the next load dequantises it again", file=sys.stderr)
+        publish_folder(folder, model.save_pretrained)
+    except OSError as exc:  # read-only or full cache
+        print(f"note: could not cache {file.name}'s dequantised weights in {folder.parent} ({exc}); "
+              "the next load dequantises it again", file=sys.stderr)

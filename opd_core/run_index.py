@@ -7,6 +7,7 @@ Every function here reads damaged runs without raising: what is wrong is listed 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,25 +122,33 @@ def check_run_files(run_dir: str | Path) -> list[RunFileError]:
     return found
 
 
-def list_runs(*runs_dirs: str | Path) -> list[RunSummary]:
-    """Every run directory directly under the given folders, newest first; missing folders are skipped.
-
-    A damaged run is listed with its ``problems``; it never hides the other runs.
-    """
-    found: dict[Path, RunSummary] = {}
-    for base in runs_dirs:
-        base = Path(base)
+def _run_entries(runs_dirs) -> Iterator[tuple[Path, Path]]:
+    """(runs folder, entry) of every run directory directly under the folders; missing folders, symlink loops
+    and unreadable folders are skipped."""
+    for base in map(Path, runs_dirs):
         try:
             entries = sorted(base.iterdir())
         except OSError:
             continue
         for entry in entries:
             try:
-                if not (is_run_name(entry.name) and is_run_dir(entry)):
-                    continue
-                found.setdefault(entry.resolve(), summarize_run(entry, base))
+                if is_run_name(entry.name) and is_run_dir(entry):
+                    yield base, entry
             except OSError:  # a symlink loop, an unreadable folder: not a run we can show
                 continue
+
+
+def list_runs(*runs_dirs: str | Path) -> list[RunSummary]:
+    """Every run directory directly under the given folders, newest first; missing folders are skipped.
+
+    A damaged run is listed with its ``problems``; it never hides the other runs.
+    """
+    found: dict[Path, RunSummary] = {}
+    for base, entry in _run_entries(runs_dirs):
+        try:
+            found.setdefault(entry.resolve(), summarize_run(entry, base))
+        except OSError:
+            continue
     return sorted(found.values(), key=lambda r: (_whole(r.started_at) or 0, r.run_id), reverse=True)
 
 
@@ -148,20 +157,12 @@ def list_run_paths(*runs_dirs: str | Path) -> list[tuple[str, Path]]:
     alone. Every dashboard page offers the runs on every rerun; summarising each one (its config, its
     trainer's liveness, the header of every token file) is the Runs table's job, not the run picker's."""
     found: dict[Path, tuple[int, str, Path]] = {}
-    for base in runs_dirs:
-        base = Path(base)
+    for _, entry in _run_entries(runs_dirs):
         try:
-            entries = sorted(base.iterdir())
+            status = read_json_object(entry, STATUS_FILE, []) or {}
+            found.setdefault(entry.resolve(), (_whole(status.get("started_at")) or 0, entry.name, entry))
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if not (is_run_name(entry.name) and is_run_dir(entry)):
-                    continue
-                status = read_json_object(entry, STATUS_FILE, []) or {}
-                found.setdefault(entry.resolve(), (_whole(status.get("started_at")) or 0, entry.name, entry))
-            except OSError:
-                continue
     return [(run_id, path) for _, run_id, path in sorted(found.values(), key=lambda r: r[:2], reverse=True)]
 
 

@@ -132,31 +132,40 @@ def gguf_file(path: Path) -> Path | None:
 # ----------------------------------------------------------------------------- GGUF tokenizers, converted once
 
 
-def gguf_tokenizer_dir(file: Path) -> Path:
-    """A folder holding the GGUF file's tokenizer (save_pretrained), converted on first use and cached.
-
-    The key is the file's resolved path, size and modification time plus the transformers version
-    (the conversion is transformers' own): a replaced or rewritten file is converted again.
-    """
+def converted_copy_dir(kind: str, file: Path) -> Path:
+    """Where the converted copy of a GGUF file lives in the user cache (``kind``: ``gguf-tokenizers``,
+    ``gguf-models``). The key is the file's resolved path, size and modification time plus the transformers
+    version (the conversion is transformers' own): a replaced or rewritten file is converted again."""
     import transformers
 
     file = Path(file)
     st = file.stat()
     ident = f"{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{transformers.__version__}"
-    folder = cache_root() / "gguf-tokenizers" / f"{file.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
-    if (folder / "tokenizer_config.json").is_file():
-        return folder
-    tokenizer = _read_gguf_tokenizer(file)
+    return cache_root() / kind / f"{file.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+
+def publish_folder(folder: Path, write) -> None:
+    """Put a folder into the cache whole: ``write(staging)`` fills a folder beside it, renamed into place (a
+    reader sees no folder or a whole one). OSError when it cannot be written, unless another process put the
+    same folder there first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{file.stem}.", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        tokenizer.save_pretrained(staging)
-        staging.rename(folder)  # atomic: a reader sees no folder or a whole one
+        write(staging)
+        staging.rename(folder)
     except OSError:
-        if not (folder / "tokenizer_config.json").is_file():  # not another process that got there first
+        if not folder.is_dir():
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def gguf_tokenizer_dir(file: Path) -> Path:
+    """A folder holding the GGUF file's tokenizer (save_pretrained), converted on first use and cached
+    (:func:`converted_copy_dir`)."""
+    folder = converted_copy_dir("gguf-tokenizers", file)
+    if not (folder / "tokenizer_config.json").is_file():
+        publish_folder(folder, _read_gguf_tokenizer(Path(file)).save_pretrained)
     return folder
 
 
