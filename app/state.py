@@ -116,6 +116,23 @@ def token_steps(run_dir: str | Path) -> list[int]:
 
 
 @st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
+def _step_problem(path: str, step: int, stamp: tuple) -> str | None:
+    problem = runs.token_step_problem(path, step)
+    return None if problem is None else str(problem)
+
+
+def token_step_problem(run_dir: str | Path, step: int) -> str | None:
+    """Why one step's token records cannot be shown (``tokens/step_N.parquet: reason``), or None."""
+    return _step_problem(str(run_dir), int(step), _stamp(runs.token_file(run_dir, step)))
+
+
+def readable_step(run_dir: str | Path, steps: Sequence[int]) -> int:
+    """The newest of ``steps`` whose token file can be shown (the newest one when none can): where a page
+    that shows one step opens, so a damaged last file does not hide the good ones before it."""
+    return next((s for s in reversed(steps) if token_step_problem(run_dir, s) is None), steps[-1])
+
+
+@st.cache_data(max_entries=PER_RUN_ENTRIES, show_spinner=False)
 def _schema(path: str, stamp: tuple) -> list[str]:
     return runs.token_schema_columns(path)
 

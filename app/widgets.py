@@ -192,6 +192,17 @@ def no_tokens_notice(run: RunRef) -> None:
     st.stop()
 
 
+def stop_if_step_damaged(run: RunRef, step: int, where=st) -> None:
+    """Name a damaged token file of the step a page shows (``tokens/step_N.parquet: reason``) and how to go on,
+    and stop the page there: its records cannot be shown, the other steps still can."""
+    damage = state.token_step_problem(run.path, step)
+    if damage is not None:
+        where.error(f"Step {step} of **{md(run.label)}** cannot be shown: {md(damage)}. Pick another step; the "
+                    "other steps' records are unaffected (a trainer rewrites this file only if the step is run "
+                    "again, e.g. by resuming from an earlier checkpoint).", icon=":material/broken_image:")
+        st.stop()
+
+
 def chart(fig: go.Figure, how_to_read: str, key: str | None = None) -> None:
     """A plotly figure full-width, with a sentence under it saying how to read it."""
     st.plotly_chart(fig, width="stretch", key=key, config={"displaylogo": False})

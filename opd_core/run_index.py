@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from opd_core.run_metrics import iter_metric_records, read_metrics
-from opd_core.run_tokens import token_file_problem, token_schema_columns, token_steps
+from opd_core.run_tokens import token_file_problem, token_schema_columns, token_step_problem, token_steps
 from opd_core.runs import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -200,7 +200,7 @@ def validate_run_dir(run_dir: str | Path) -> list[str]:
     if not steps:
         problems.append("tokens/ has no step_NNNNNN.parquet files")
     else:
-        problems += [str(p) for s in steps if (p := token_file_problem(run_dir, s)) is not None]
+        problems += [str(p) for s in steps if (p := token_step_problem(run_dir, s)) is not None]
         names = set(token_schema_columns(run_dir))
         missing = [c for c in TOKEN_COLUMNS if c not in names]
         if names and missing:

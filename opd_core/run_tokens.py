@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opd_core.runs import TOKEN_COLUMNS, TOKENS_DIR, RunFileError
+from opd_core.schema import RECORD_KEY_COLUMNS
 
 _TOKEN_FILE_PATTERN = re.compile(r"^step_(\d{6,})\.parquet$")
 
@@ -105,11 +106,33 @@ def _token_schema(run_dir: str | Path, step: int) -> pa.Schema:
                            f"not a readable Parquet file ({type(exc).__name__})") from None
 
 
+def _record_schema(run_dir: str | Path, step: int) -> pa.Schema:
+    """The schema of a token file that holds records: readable, and with the columns that place each record
+    (``RECORD_KEY_COLUMNS``). A file without them has nothing a reader can show; RunFileError naming it."""
+    schema = _token_schema(run_dir, step)
+    missing = [c for c in RECORD_KEY_COLUMNS if c not in schema.names]
+    if missing:
+        raise RunFileError(f"{TOKENS_DIR}/{token_file(run_dir, step).name}",
+                           f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                           f"that place each record (it has {len(schema.names)} columns)")
+    return schema
+
+
+def token_step_problem(run_dir: str | Path, step: int) -> RunFileError | None:
+    """Why one step's token records cannot be shown (outside damage, an unreadable footer, no sample/pos
+    columns), or None: what a page that shows one step checks before reading it."""
+    try:
+        _record_schema(run_dir, step)
+    except RunFileError as exc:
+        return exc
+    return None
+
+
 def token_schema_columns(run_dir: str | Path) -> list[str]:
-    """Column names present in the run's token files (the schema of the first readable file)."""
+    """Column names present in the run's token files (the schema of the first file that holds records)."""
     for step in token_steps(run_dir):
         try:
-            return list(_token_schema(run_dir, step).names)
+            return list(_record_schema(run_dir, step).names)
         except RunFileError:
             continue
     return []
@@ -126,7 +149,8 @@ def read_tokens(
 
     Unknown columns are ignored rather than raising, so a page asking for an optional column still
     works on a run written by an older engine or another trainer. A damaged token file (not Parquet,
-    a directory, columns of another type than the other files) is skipped and named in ``problems``;
+    a directory, without the sample/pos columns, columns of another type than the other files) is skipped
+    and named in ``problems``;
     the other steps still read.
     """
     available = token_steps(run_dir)
@@ -136,7 +160,7 @@ def read_tokens(
     schemas: list[pa.Schema] = []
     for step in wanted:
         try:
-            this = _token_schema(run_dir, step)
+            this = _record_schema(run_dir, step)
         except RunFileError as exc:
             _note(problems, exc)
             continue

@@ -348,7 +348,8 @@ def _clean_status(status: dict, problems: list[str] | None) -> dict:
 
 # Metrics, token files and the run index live in their own modules; ``runs.read_metrics`` etc. keep working.
 _METRIC_NAMES = ('MetricsWriter', 'iter_metric_records', 'read_metrics', 'truncate_metrics_after')
-_TOKEN_NAMES = ('token_file', 'write_token_records', 'token_steps', 'token_file_problem', 'token_schema_columns', 'read_tokens')
+_TOKEN_NAMES = ('token_file', 'write_token_records', 'token_steps', 'token_file_problem', 'token_step_problem',
+                'token_schema_columns', 'read_tokens')
 _INDEX_NAMES = ('RunSummary', 'summarize_run', 'check_run_files', 'list_runs', 'list_run_paths', 'validate_run_dir')
 
 

@@ -15,6 +15,10 @@ TOKEN_COLUMNS: tuple[str, ...] = (
     "signal", "token_loss", "drift",
 )
 
+# The token columns that place a record (which rollout of the step, which response position): a token file
+# without them holds nothing a reader can show, so readers treat it as damaged.
+RECORD_KEY_COLUMNS: tuple[str, ...] = ("sample", "pos")
+
 # Token columns only a cross-tokenizer run writes (student and teacher tokenize differently):
 # ``teacher_own_topk``, the teacher's own top-K as a list of {id, text, logp} in its own vocabulary (never
 # mapped onto the student's) at the teacher position that scores the token (its first teacher piece).

@@ -58,8 +58,9 @@ if apply_link:
 
 c_step, c_sample, c_jump = st.columns([1, 1.6, 1.6])  # room for "1 (student prefix · wrong · did not stop)"
 if st.session_state.get(f"insp_step:{run.key}") not in steps:
-    st.session_state[f"insp_step:{run.key}"] = steps[-1]
+    st.session_state[f"insp_step:{run.key}"] = state.readable_step(run.path, steps)
 step = c_step.selectbox("Step", steps, key=f"insp_step:{run.key}")
+widgets.stop_if_step_damaged(run, step)
 index = widgets.guarded(run, state.tokens, run.path, [step],
                         ["sample", "pos", "prefix_source", "correct", "is_eos", "masked", "prefix_wrong"])
 config = widgets.guarded(run, state.config, run.path)

@@ -36,11 +36,12 @@ def _side(column, name: str, run_key: str) -> tuple:
         st.stop()
     key = f"sbs_step_{name.lower()}:{run.key}"
     if st.session_state.get(key) not in steps:
-        st.session_state[key] = steps[-1]
+        st.session_state[key] = state.readable_step(run.path, steps)
     param = URL_NAMES[name]["step"]
     widgets.url_choice(param, key, steps)
     step = column.selectbox(f"Step {name}", steps, key=key)
     widgets.keep_in_url(param, step)
+    widgets.stop_if_step_damaged(run, step, where=column)
     return run, step
 
 

@@ -127,6 +127,7 @@ SHARED_COST_GROUPS = {
     "tests/test_distributed.py": "single-process-reference",
     "tests/test_accelerate_launch.py": "single-process-reference",
     "tests/test_app_pages.py::test_every_page_opens_on_every_generated_corrupt_run": "corrupt-run-pages",
+    "tests/test_app_pages.py::test_a_page_showing_one_step_names_a_damaged_step": "corrupt-run-pages",
 }
 
 

@@ -523,6 +523,23 @@ def test_every_page_opens_on_every_generated_corrupt_run_without_an_exception(mo
         assert not at.exception, f"{page} on {run_id} ({describe(base / run_id)}): {at.exception[0].value}"
 
 
+@pytest.mark.parametrize("page", ["inspector", "side_by_side"])
+def test_a_page_showing_one_step_names_a_damaged_step_and_opens_on_a_readable_one(monkeypatch, corrupt_runs_dir,
+                                                                                   page) -> None:
+    """The 69-run test opens each page at its default step; a user can pick (or link to) any other. A token
+    file that is not Parquet, or holds no sample/pos columns, is named there instead of raising."""
+    base, ids = corrupt_runs_dir
+    for run_id, damaged in (("tokens-zero", 20), ("tokens-few-columns", 20), ("tokens-first-few-columns", 1)):
+        at = _app(monkeypatch, base)
+        at.query_params.update({"run": f"runs:{run_id}", "step": str(damaged)})
+        _open(at, page)
+        assert any(f"step_{damaged:06d}.parquet" in e.value.replace("\\", "") for e in at.error), (run_id, at.error)
+        fresh = _app(monkeypatch, base)  # no step asked for: the newest readable step, no error
+        fresh.query_params["run"] = f"runs:{run_id}"
+        _open(fresh, page)
+        assert not fresh.error, (run_id, [e.value for e in fresh.error])
+
+
 def test_live_shows_the_runs_health_and_announces_findings_that_appear(monkeypatch, runs_dir) -> None:
     at = _app(monkeypatch, runs_dir)
     at.session_state["opd_live_runs"] = ["alpha"]

@@ -23,8 +23,6 @@ NOT_NAMED = {
     "status-error-dict",        # shown as text
     "alignment-wrong-types",    # read by the mismatch check, which tolerates it
     "log-garbage", "checkpoints-garbage",  # not read by these readers
-    "tokens-few-columns",       # another trainer's narrower table: missing columns are allowed
-    "tokens-first-few-columns",
     "tokens-wrong-types",       # named by read_tokens when the column is read (see its own test)
 }
 
@@ -112,6 +110,23 @@ def test_a_token_file_with_a_column_of_another_type_is_skipped_and_named(corrupt
     tokens = runs.read_tokens(run, columns=["step", "token_id"], problems=problems)
     assert sorted(tokens["step"].unique()) == [1, 40]
     assert problems and problems[0].startswith("tokens/step_000020.parquet: column 'token_id'")
+
+
+@pytest.mark.parametrize("name,step", [("tokens-few-columns", 20), ("tokens-first-few-columns", 1)])
+def test_a_token_file_without_sample_and_pos_is_skipped_and_named(corrupt, name, step):
+    """Optional columns may be missing (another trainer's narrower table), but not the ones that place a
+    record: such a file is damaged, named, and the other steps still read with their full columns."""
+    run = next(p for p in corrupt if p.name == name)
+    problems: list[str] = []
+    tokens = runs.read_tokens(run, problems=problems)
+    assert sorted(tokens["step"].unique()) == sorted({1, 20, 40} - {step})
+    assert tokens["sample"].notna().all()
+    named = f"tokens/step_{step:06d}.parquet: lacks the column 'sample'"
+    assert len(problems) == 1 and problems[0].startswith(named), problems
+    assert str(runs.token_step_problem(run, step)).startswith(named)
+    assert all(runs.token_step_problem(run, s) is None for s in {1, 20, 40} - {step})
+    assert "sample" in runs.token_schema_columns(run)  # the run's columns come from a file that holds records
+    assert any(p.startswith(named) for p in runs.validate_run_dir(run))
 
 
 @pytest.mark.parametrize("name,expected", [
