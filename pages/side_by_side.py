@@ -16,7 +16,9 @@ widgets.header("Side by side", "Did the fix change what the student writes? Two 
                                "token by token, on one colour scale.")
 refs = widgets.runs_or_notice()
 by_key = {r.key: r for r in refs}
-first = widgets.default_run(refs)
+# Side A opens on the run picked on the other pages (the choice follows the user), else the default run.
+picked = st.session_state.get(widgets.RUN_STATE)
+first = by_key[picked] if picked in by_key else widgets.default_run(refs)
 baseline_next = [r for r in refs if r.key != first.key]
 widgets.url_choice("run", "sbs_a", list(by_key))
 widgets.url_choice("run_b", "sbs_b", list(by_key))
