@@ -4,6 +4,7 @@ returns a figure, so pages only choose data and every chart can be tested withou
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -39,20 +40,58 @@ def _white(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = HEIGHT) -> go.Figure:
-    _white(fig).update_layout(title={"text": title, "x": 0, "font": {"size": 15}}, height=height,
-                      margin={"l": 10, "r": 10, "t": 45, "b": 10}, legend={"orientation": "h", "y": -0.2},
-                      xaxis_title=x, yaxis_title=y, hovermode="x unified")
-    return fig
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _relayout(fig: go.Figure, props: dict) -> go.Figure:
+    """Set layout properties (nested dicts, no magic underscores) in one assignment, on the white template.
+    ``update_layout``/``update_xaxes``/``add_hline`` each go through plotly's batched relayout (deep copies,
+    path parsing): 1-4 ms a call and ~10 calls a chart page, a tenth of its server time. The same layout
+    merged as a dict and assigned once is the same figure (``to_dict`` equal) in a third of the time."""
+    current = copy.deepcopy({k: v for k, v in (fig.layout._props or {}).items() if k != "template"})  # noqa: SLF001
+    fig.layout = _merged(current, props)
+    return _white(fig)
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = HEIGHT, **layout) -> go.Figure:
+    """The dashboard's chart frame (title, axis titles, legend under the plot), plus any other ``layout``
+    properties of the chart (nested dicts: ``yaxis={"tickformat": ".0%"}``), set at once."""
+    frame = {"title": {"text": title, "x": 0, "font": {"size": 15}}, "height": height,
+             "margin": {"l": 10, "r": 10, "t": 45, "b": 10}, "legend": {"orientation": "h", "y": -0.2},
+             "xaxis": {"title": {"text": x}}, "yaxis": {"title": {"text": y}}, "hovermode": "x unified"}
+    return _relayout(fig, _merged(frame, layout))
+
+
+def _hline(y: float, dash: str, colour: str, text: str | None = None, bottom_right: bool = False) -> dict:
+    """A horizontal line across the plot at ``y`` and its label (top left, or under the line at the right), as
+    layout shapes and annotations: what ``fig.add_hline`` adds, without its 3 ms relayout. Several lines:
+    ``_hlines``."""
+    line = {"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
+            "line": {"dash": dash, "color": colour}}
+    anchor = {"x": 1, "xanchor": "right", "yanchor": "top"} if bottom_right else {"x": 0, "xanchor": "left",
+                                                                                   "yanchor": "bottom"}
+    label = [] if text is None else [{"text": text, "showarrow": False, "xref": "x domain", "yref": "y", "y": y,
+                                      **anchor}]
+    return {"shapes": [line], "annotations": label}
+
+
+def _hlines(*lines: dict) -> dict:
+    """Several ``_hline`` results as one set of layout shapes and annotations."""
+    return {"shapes": [s for line in lines for s in line["shapes"]],
+            "annotations": [a for line in lines for a in line["annotations"]]}
 
 
 def empty_figure(message: str) -> go.Figure:
     """A blank figure that says why there is nothing to draw (instead of an empty axis)."""
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
-    _white(fig).update_layout(height=200, xaxis_visible=False, yaxis_visible=False,
-                      margin={"l": 10, "r": 10, "t": 10, "b": 10})
-    return fig
+    return _relayout(go.Figure(), {
+        "annotations": [{"text": message, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper",
+                         "font": {"size": 14}}],
+        "height": 200, "xaxis": {"visible": False}, "yaxis": {"visible": False},
+        "margin": {"l": 10, "r": 10, "t": 10, "b": 10}})
 
 
 def lorenz_figure(lorenz: pd.DataFrame, gini: float | None = None) -> go.Figure:
@@ -66,10 +105,9 @@ def lorenz_figure(lorenz: pd.DataFrame, gini: float | None = None) -> go.Figure:
     label = "this run" if gini is None or math.isnan(gini) else f"this run (Gini {gini:.2f})"
     fig.add_trace(go.Scatter(x=lorenz["token_share"], y=lorenz["signal_share"], mode="lines", name=label,
                              fill="tonexty", line={"color": "#d62728", "width": 2.5}))
-    fig.update_xaxes(tickformat=".0%", range=[0, 1])
-    fig.update_yaxes(tickformat=".0%", range=[0, 1])
     return _layout(fig, "Who carries the update: Lorenz curve of |signal|",
-                   "share of tokens (smallest |signal| first)", "share of total |signal|")
+                   "share of tokens (smallest |signal| first)", "share of total |signal|",
+                   xaxis={"tickformat": ".0%", "range": [0, 1]}, yaxis={"tickformat": ".0%", "range": [0, 1]})
 
 
 def signal_by_position_figure(by_position: pd.DataFrame) -> go.Figure:
@@ -79,9 +117,8 @@ def signal_by_position_figure(by_position: pd.DataFrame) -> go.Figure:
                            customdata=by_position[["mean_abs_signal"]].to_numpy(),
                            hovertemplate="positions %{x}<br>share %{y:.1%}<br>mean |signal| %{customdata[0]:.3g}"
                                          "<extra></extra>"))
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_xaxes(type="category")
-    return _layout(fig, "Where in the response the signal sits", "token position", "share of total |signal|")
+    return _layout(fig, "Where in the response the signal sits", "token position", "share of total |signal|",
+                   xaxis={"type": "category"}, yaxis={"tickformat": ".0%"})
 
 
 def signal_by_kind_figure(by_kind: pd.DataFrame) -> go.Figure:
@@ -96,10 +133,8 @@ def signal_by_kind_figure(by_kind: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Scatter(x=by_kind["kind"], y=by_kind["n"] / total, name="share of tokens", mode="markers",
                              marker={"symbol": "line-ew-open", "size": 28, "color": "#111827", "line": {"width": 3}},
                              hovertemplate="%{x}: %{y:.1%} of tokens<extra></extra>"))
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_layout(barmode="overlay")
     # no x title: the bars name their kinds, and the three-row legend would sit on top of it
-    return _layout(fig, "Signal by token kind", "", "share")
+    return _layout(fig, "Signal by token kind", "", "share", barmode="overlay", yaxis={"tickformat": ".0%"})
 
 
 def negative_share_figure(negative: pd.DataFrame) -> go.Figure:
@@ -107,9 +142,8 @@ def negative_share_figure(negative: pd.DataFrame) -> go.Figure:
     _require(negative, ["step", "negative_share"], "negative_share_figure")
     fig = go.Figure(go.Scatter(x=negative["step"], y=negative["negative_share"], mode="lines+markers",
                                name="negative rewards", line={"color": "#d62728"}))
-    fig.add_hline(y=0.5, line_dash="dot", line_color="#9ca3af")
-    fig.update_yaxes(tickformat=".0%", range=[0, 1])
-    return _layout(fig, "Share of negative token rewards per step", "step", "log-ratio < 0")
+    return _layout(fig, "Share of negative token rewards per step", "step", "log-ratio < 0",
+                   yaxis={"tickformat": ".0%", "range": [0, 1]}, **_hline(0.5, "dot", "#9ca3af"))
 
 
 def teacher_vs_drift_figure(by_drift: pd.DataFrame, stat: str = "teacher_entropy",
@@ -125,13 +159,13 @@ def teacher_vs_drift_figure(by_drift: pd.DataFrame, stat: str = "teacher_entropy
             line={"color": SOURCE_COLOURS.get(str(source), "#7f7f7f"), "width": 2.5},
             customdata=part[["n"]].to_numpy(), hovertemplate="%{x}: %{y:.3g} (n=%{customdata[0]})<extra></extra>"))
     ref = (reference or {}).get(stat)
+    line = {}
     if ref is not None and not (isinstance(ref, float) and math.isnan(ref)):
-        fig.add_hline(y=float(ref), line_dash="dash", line_color=SOURCE_COLOURS["teacher"],
-                      annotation_text="teacher on its own rollouts", annotation_position="top left")
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+        line = _hline(float(ref), "dash", SOURCE_COLOURS["teacher"], "teacher on its own rollouts")
     measure = by_drift.attrs.get("measure", "drift")
     return _layout(fig, f"{STAT_TITLES.get(stat, stat).capitalize()} as the prefix drifts",
-                   f"{measure} (binned)", STAT_TITLES.get(stat, stat))
+                   f"{measure} (binned)", STAT_TITLES.get(stat, stat),
+                   xaxis={"type": "category", "categoryorder": "array", "categoryarray": order}, **line)
 
 
 def support_figure(support: pd.DataFrame) -> go.Figure:
@@ -142,8 +176,8 @@ def support_figure(support: pd.DataFrame) -> go.Figure:
     for column, name in names.items():
         if column in support:
             fig.add_trace(go.Scatter(x=support["step"], y=support[column], mode="lines+markers", name=name))
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    return _layout(fig, "Is the student staying on the teacher's support?", "step", "mean over tokens")
+    return _layout(fig, "Is the student staying on the teacher's support?", "step", "mean over tokens",
+                   yaxis={"range": [0, 1.02], "tickformat": ".0%"})
 
 
 def response_length_figure(trend: pd.DataFrame) -> go.Figure:
@@ -169,8 +203,8 @@ def alignment_coverage_figure(metrics: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for column, (label, colour) in ALIGNMENT_SHARES.items():
         fig.add_trace(go.Bar(x=rows["step"], y=rows[column], name=label, marker_color=colour))
-    fig.update_layout(barmode="stack", yaxis={"range": [0, 1], "tickformat": ".0%"})
-    return _layout(fig, "Alignment coverage per step", "step", "share of response tokens")
+    return _layout(fig, "Alignment coverage per step", "step", "share of response tokens", barmode="stack",
+                   yaxis={"range": [0, 1], "tickformat": ".0%"})
 
 
 def compare_figure(long: pd.DataFrame, metric: str, x_title: str = "step") -> go.Figure:
@@ -194,5 +228,4 @@ def metrics_overview_figure(metrics: pd.DataFrame, columns: Sequence[str]) -> go
         part = metrics[["step", column]].dropna()
         fig.add_trace(go.Scatter(x=part["step"], y=part[column], mode="lines+markers", name=column,
                                  marker={"size": 4}, showlegend=False), row=1, col=i)
-    _white(fig).update_layout(height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    return fig
+    return _relayout(fig, {"height": 240, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}})

@@ -11,7 +11,7 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from app.charts import HEIGHT, _layout, _require, empty_figure
+from app.charts import HEIGHT, _hline, _hlines, _layout, _require, empty_figure
 
 GROUP_COLOURS = {"teacher rollouts": "#1f77b4", "student (first step)": "#ff7f0e", "student (now)": "#d62728"}
 PREFIX_COLOURS = {"teacher": "#1f77b4", "on support": "#2ca02c", "drifted": "#d62728"}
@@ -33,11 +33,8 @@ def reward_scatter_figure(points: pd.DataFrame, share_below: float | None = None
     title = "Teacher vs student probability of the sampled token"
     if share_below is not None and math.isfinite(share_below):
         title += f": {share_below:.0%} below y = x (negative reward)"
-    fig.update_xaxes(range=[0, 1.01])
-    fig.update_yaxes(range=[0, 1.01])
-    fig = _layout(fig, title, "student probability p_S(y_t)", "teacher probability p_T(y_t)", height=420)
-    fig.update_layout(hovermode="closest")
-    return fig
+    return _layout(fig, title, "student probability p_S(y_t)", "teacher probability p_T(y_t)", height=420,
+                   xaxis={"range": [0, 1.01]}, yaxis={"range": [0, 1.01]}, hovermode="closest")
 
 
 def gap_by_position_figure(quantiles: pd.DataFrame) -> go.Figure:
@@ -54,12 +51,10 @@ def gap_by_position_figure(quantiles: pd.DataFrame) -> go.Figure:
                          marker_color="#d62728", boxpoints=False))
     fig.add_trace(go.Scatter(x=x, y=quantiles["negative_share"], mode="lines+markers", name="share negative",
                              yaxis="y2", line={"color": "#374151"}))
-    fig.add_hline(y=0, line={"dash": "dot", "color": "#6b7280"})
-    fig = _layout(fig, "Signed teacher−student gap by response position", "response position (bucket start)",
-                  "log p_T − log p_S (nats)")
-    fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "range": [0, 1], "tickformat": ".0%",
-                              "title": "share negative", "showgrid": False}, hovermode="closest")
-    return fig
+    return _layout(fig, "Signed teacher−student gap by response position", "response position (bucket start)",
+                   "log p_T − log p_S (nats)", hovermode="closest", **_hline(0, "dot", "#6b7280"),
+                   yaxis2={"overlaying": "y", "side": "right", "range": [0, 1], "tickformat": ".0%",
+                           "title": {"text": "share negative"}, "showgrid": False})
 
 
 def rescue_figure(by_since_error: pd.DataFrame, summary: dict | None = None) -> go.Figure:
@@ -76,15 +71,15 @@ def rescue_figure(by_since_error: pd.DataFrame, summary: dict | None = None) -> 
                                  line={"color": "#d62728", "dash": dash}, customdata=by_since_error["n"],
                                  hovertemplate="%{y:.0%} of %{customdata} cuts<extra></extra>"))
     summary = summary or {}
+    lines = []
     for key, colour in (("rescue_rate_teacher_own", "#1f77b4"), ("rescue_rate_on_support", "#2ca02c")):
         value = summary.get(key)
         if value is not None and math.isfinite(value):
             label = KIND_NAMES["teacher_own" if "teacher" in key else "on_support"]
-            fig.add_hline(y=value, line={"dash": "dash", "color": colour},
-                          annotation_text=f"{label}: {value:.0%}", annotation_position="bottom right")
-    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+            lines.append(_hline(value, "dash", colour, f"{label}: {value:.0%}", bottom_right=True))
     return _layout(fig, "Can the teacher still finish correctly? Rescue rate by distance from the first error",
-                   "tokens since the student's first wrong token (−1 = cut just before it)", "rescued")
+                   "tokens since the student's first wrong token (−1 = cut just before it)", "rescued",
+                   yaxis={"range": [0, 1.05], "tickformat": ".0%"}, **_hlines(*lines))
 
 
 def position_entropy_figure(by_position: pd.DataFrame, stat: str = "teacher_entropy") -> go.Figure:
@@ -117,10 +112,9 @@ def drifted_by_position_figure(table: pd.DataFrame, stat: str = "teacher_entropy
         fig.add_trace(go.Bar(x=rows["pos_bucket"].astype(int).astype(str), y=rows[stat], name=prefix,
                              marker_color=PREFIX_COLOURS[prefix], customdata=rows["n"],
                              hovertemplate="%{y:.3f} (n=%{customdata})<extra>" + prefix + "</extra>"))
-    fig.update_layout(barmode="group")
     label = "teacher entropy (nats)" if stat == "teacher_entropy" else "teacher top-1 probability"
     return _layout(fig, f"{label}: drifted vs on-support prefixes at the same positions",
-                   "response position (bucket start)", label, height=HEIGHT)
+                   "response position (bucket start)", label, height=HEIGHT, barmode="group")
 
 
 def overlap_by_position_figure(table: pd.DataFrame) -> go.Figure:

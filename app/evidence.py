@@ -65,10 +65,9 @@ def eos_log_ratio_figure(tokens: pd.DataFrame) -> go.Figure:
                                opacity=0.75, histnorm="probability"))
     fig.add_trace(go.Histogram(x=tokens.loc[eos, "log_ratio"], name="EOS", marker_color="#d62728", opacity=0.85,
                                histnorm="probability"))
-    fig.update_layout(barmode="overlay")
-    fig.update_yaxes(tickformat=".0%")
     return charts._layout(fig, "Log-ratio at EOS vs every other token",  # noqa: SLF001
-                          "teacher − student log-prob (nats)", "share of tokens", height=260)
+                          "teacher − student log-prob (nats)", "share of tokens", height=260, barmode="overlay",
+                          yaxis={"tickformat": ".0%"})
 
 
 def metric_marks_figure(metrics: pd.DataFrame, column: str, marks: list, title: str) -> go.Figure:
