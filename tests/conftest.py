@@ -153,8 +153,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201
     return SharedFixtureScheduling(config, log)
 
 
+# Modules whose tests mostly wait (on a trainer or scorer subprocess, a launcher's queue, a timer) rather than
+# compute. Collected together they run last and side by side, and both cores idle; spread through the rest of
+# the queue, each wait overlaps the other worker's computing.
+WAITING_MODULES = ("tests/test_launcher.py", "tests/test_launch_page.py", "tests/test_score_page.py",
+                   "tests/test_run_processes.py")
+
+
+def _spread_waiting(items: list[pytest.Item]) -> list[pytest.Item]:
+    waiting = [item for item in items if item.nodeid.startswith(WAITING_MODULES)]
+    others = [item for item in items if not item.nodeid.startswith(WAITING_MODULES)]
+    if not waiting or not others:
+        return items
+    every = max(1, int(0.8 * len(others)) // len(waiting))  # done before the last fifth: no waiting at the end
+    out: list[pytest.Item] = []
+    for i, item in enumerate(others):
+        if i % every == 0 and waiting:
+            out.append(waiting.pop(0))
+        out.append(item)
+    return out + waiting
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
     items.sort(key=_rank)  # stable: the rest keep their order
+    first = next((i for i, item in enumerate(items) if _rank(item) == len(LONGEST_FIRST)), len(items))
+    items[first:] = _spread_waiting(items[first:])
     # xdist queues a second unit behind the one a worker is running: the worker that takes the longest test
     # also gets the third unit, which waits for it. Make that one short (the first test of the rest).
     rest = next((i for i, item in enumerate(items) if _rank(item) == len(LONGEST_FIRST)), None)

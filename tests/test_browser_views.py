@@ -83,7 +83,7 @@ CHARTS_DRAWN = """() => (""" + NO_SCRIPT_RUNNING + """)()
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('svg.main-svg'))"""
 
 
-def _settle(page, quiet_ms: int = 600, after_ms: int = 0) -> None:
+def _settle(page, quiet_ms: int = 400, after_ms: int = 0) -> None:
     settle(page, quiet_ms, after_ms=after_ms)
 
 
