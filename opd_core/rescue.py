@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from opd_core.rollout import Sampling, sample_responses
-from opd_core.tasks import Example, final_answer
+from opd_core.tasks import Example, cannot_pass, final_answer
 
 # -1: cut just before the first wrong token. Past 8 the points are spaced for the far bucket: the v2 teacher
 # rescues about as often 12 tokens after an error as right after it, and falls only beyond (docs/diagnostics.md).
@@ -140,8 +140,14 @@ def plan_cuts(rollouts: list[Rollout], first_wrong: dict[tuple[int, int], int | 
 
 
 def continue_from_cuts(cuts: list[Cut], pair, teacher_model, sampling: Sampling, *,
-                       max_new_tokens: int) -> list[tuple[str, str]]:
-    """Let the teacher continue each cut prefix; returns (prefix text, continuation text) per cut."""
+                       max_new_tokens: int, task=None, examples: dict[str, Example] | None = None
+                       ) -> list[tuple[str, str]]:
+    """Let the teacher continue each cut prefix; returns (prefix text, continuation text) per cut.
+
+    With ``task`` and ``examples`` (cuts graded by ``task.grade``), a continuation stops as soon as the task
+    says no continuation of it can pass (``tasks.cannot_pass``): its grade is settled, so the rescue verdict
+    is the one the whole continuation would get, for a fraction of the teacher's decoding (a teacher that
+    leaves the format at its first token no longer writes ``max_new_tokens`` more)."""
     if not cuts:
         return []
     prefix_texts = []
@@ -153,8 +159,12 @@ def continue_from_cuts(cuts: list[Cut], pair, teacher_model, sampling: Sampling,
         t_ids = ids if pair.shared else pair.teacher(text, add_special_tokens=False)["input_ids"]
         prompt_ids.append(pair.teacher_prompt_ids(c.rollout.prompt) + list(t_ids))
     s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, max_new_tokens, sampling.greedy)
+    stop_when = None
+    if task is not None and examples is not None:
+        def stop_when(i: int, ids: list[int]) -> bool:
+            return cannot_pass(task, examples[cuts[i].rollout.prompt], prefix_texts[i] + pair.teacher_text(ids)[0])
     outs, _ = sample_responses(teacher_model, prompt_ids, s, eos_ids=pair.teacher_eos_ids, pad_id=pair.teacher_pad_id,
-                               vocab_size=len(pair.teacher))
+                               vocab_size=len(pair.teacher), stop_when=stop_when)
     return [(p, pair.teacher_text(o)[0]) for p, o in zip(prefix_texts, outs)]
 
 
@@ -186,13 +196,16 @@ def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str
                                   eos_ids=pair.teacher_eos_ids, pad_id=pair.teacher_pad_id,
                                   vocab_size=len(pair.teacher))
         refs = {p: final_answer(pair.teacher_text(o)[0]) for p, o in zip(prompts, own)}
+    # Cuts the task grades (not by agreement with the teacher's own answer) may stop once their grade is settled.
+    graded = examples if refs is None else None
     greedy = continue_from_cuts(cuts, pair, teacher_model, Sampling(max_new_tokens=max_new_tokens, greedy=True),
-                                max_new_tokens=max_new_tokens)
+                                max_new_tokens=max_new_tokens, task=task, examples=graded)
     ok_greedy = grade_continuations(cuts, greedy, task, examples, refs)
     ok_sampled: list = [float("nan")] * len(cuts)
     if sampled:
         torch.manual_seed(seed)
-        drawn = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens)
+        drawn = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens, task=task,
+                                   examples=graded)
         ok_sampled = [bool(x) for x in grade_continuations(cuts, drawn, task, examples, refs)]
     rows = []
     for c, g, s, (prefix, cont) in zip(cuts, ok_greedy, ok_sampled, greedy):

@@ -14,11 +14,18 @@ the random stream differently, so a seed gives other (equally distributed) token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 
@@ -108,6 +115,24 @@ def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
     return out, False
 
 
+class _StopWhen(StoppingCriteria):
+    """Ends a row once ``stop_when(row, generated ids)`` says so, and remembers how long the row was then."""
+
+    def __init__(self, stop_when: Callable[[int, list[int]], bool], first_row: int, prompt_len: int) -> None:
+        self.stop_when, self.first_row, self.prompt_len = stop_when, first_row, prompt_len
+        self.lengths: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:  # noqa: ARG002
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i, row in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if i in self.lengths:
+                done[i] = True
+            elif self.stop_when(self.first_row + i, row):
+                self.lengths[i] = len(row)
+                done[i] = True
+        return done
+
+
 @torch.no_grad()
 def sample_responses(
     model: PreTrainedModel,
@@ -118,10 +143,13 @@ def sample_responses(
     pad_id: int,
     vocab_size: int | None = None,
     batch_size: int = 256,
+    stop_when: Callable[[int, list[int]], bool] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """Sample one response per prompt; returns (responses cut after the first EOS, ended-with-EOS flags).
 
     ``vocab_size`` (the tokenizer's) keeps sampling off embedding rows padded past the tokenizer.
+    ``stop_when(prompt index, ids so far)``: True ends that response there (checked after every token), for a
+    caller whose verdict on a response is already settled.
     """
     device = next(model.parameters()).device
     eos = {int(e) for e in eos_ids}
@@ -148,16 +176,18 @@ def sample_responses(
         for start in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[start:start + batch_size]
             ids, mask = left_pad(chunk, pad_id, device)
+            stop = None if stop_when is None else _StopWhen(stop_when, start, ids.shape[1])
             try:
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                                     logits_processor=processors)
+                                     logits_processor=processors,
+                                     stopping_criteria=None if stop is None else StoppingCriteriaList([stop]))
             except RuntimeError as exc:
                 if "probability tensor contains" not in str(exc):
                     raise
                 raise NonFiniteSamplingError("rollout sampling: next-token probabilities contain NaN/inf; "
                                              + _non_finite_cause(model)) from None
-            for row in out[:, ids.shape[1]:].tolist():
-                resp, done = cut_at_eos(row, eos)
+            for i, row in enumerate(out[:, ids.shape[1]:].tolist()):
+                resp, done = cut_at_eos(row[: stop.lengths[i]] if stop is not None and i in stop.lengths else row, eos)
                 responses.append(resp)
                 ended.append(done)
     finally:

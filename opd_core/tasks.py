@@ -48,6 +48,27 @@ class Task(Protocol):
     def grade(self, example: Example, response: str) -> Grade: ...
 
 
+def cannot_pass(task: object, example: Example, response: str) -> bool:
+    """True once no continuation of ``response`` can be graded correct by ``task`` (its optional
+    ``cannot_pass`` method; a task without one never says so). Lets a continuation whose verdict is settled
+    stop early: the rescue phase's greedy continuations of a teacher that left the format at its first token
+    otherwise run to ``max_new_tokens``."""
+    method = getattr(task, "cannot_pass", None)
+    return bool(method(example, response)) if callable(method) else False
+
+
+def marker_free_candidates(response: str) -> list[str]:
+    """``response`` as a grader may still come to read it (``strip_end_marker``): without trailing whitespace,
+    and without a trailing end-of-turn marker or a piece of one that could still grow into it."""
+    text = response.rstrip()
+    out = [text]
+    for marker in END_MARKERS:
+        for k in range(1, len(marker) + 1):
+            if text.endswith(marker[:k]):
+                out.append(text[:-k].rstrip())
+    return out
+
+
 def check_split(split: str) -> None:
     """Reject an unknown split name with a message that lists the valid ones."""
     if split not in SPLITS:

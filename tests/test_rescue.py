@@ -102,3 +102,43 @@ def test_paired_fall_compares_each_response_with_itself():
     fall = rescue.paired_fall(rows)
     assert fall["rescue_fall_pairs"] == 2 and fall["rescue_fall_mild_far"] == 0.5
     assert math.isclose(fall["rescue_fall_mild_far_se"], 0.5)
+
+
+def test_continuations_stop_once_their_grade_is_settled_and_no_rescue_verdict_changes(tmp_path, monkeypatch):
+    """A continuation that can no longer be graded correct (toy:addition: no longer a prefix of the chain
+    grammar) stops there: the rescue table's verdicts, greedy and sampled, are those of the full continuations,
+    for fewer teacher tokens."""
+    from opd_core import runs
+    from opd_core.config import load_config
+    from opd_core.rescue_runs import rescue_run
+    from opd_core.train_entry import run_in_dir
+
+    cfg = load_config("matched", ["steps=1", "prompts_per_step=4", "num_rollouts=2", "eval_every=0",
+                                  "log_tokens_every=1", "checkpoint_every=0", "max_new_tokens=24",
+                                  "rescue_budget=0", "temperature=1.5"])
+    run = tmp_path / "r"
+    run.mkdir()
+    runs.write_config(run, cfg.to_dict())
+    runs.write_status(run, state="queued", step=0, total_steps=1)
+    assert run_in_dir(run, progress=False) == "finished"
+
+    written: list[int] = []
+    real = rescue.sample_responses
+
+    def counting(*args, **kwargs):
+        responses, ended = real(*args, **kwargs)
+        written[-1] += sum(len(r) for r in responses)
+        return responses, ended
+
+    monkeypatch.setattr(rescue, "sample_responses", counting)
+    written.append(0)
+    stopped = rescue_run(run, budget=24, write=False)
+    monkeypatch.setattr(rescue, "cannot_pass", lambda *a: False)  # every continuation runs to EOS or the limit
+    written.append(0)
+    full = rescue_run(run, budget=24, write=False)
+
+    def verdicts(result):
+        return [(c["sample"], c["pos"], c["rescued_greedy"], c["rescued_sampled"]) for c in result["cuts"]]
+
+    assert len(stopped["cuts"]) > 4 and verdicts(stopped) == verdicts(full)
+    assert written[0] < written[1], written

@@ -217,3 +217,24 @@ def test_jsonl_task_names_the_bad_line_and_the_missing_file(tmp_path):
         load_task(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="toy:addition"):
         load_task("toy:multiplication")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="0123456789+=; x\n<|im_end>", max_size=40),
+       suffixes=st.lists(st.text(alphabet="0123456789+=; x<|im_end>", max_size=30), min_size=1, max_size=5))
+def test_a_response_that_cannot_pass_is_graded_wrong_whatever_follows(text, suffixes):
+    task = AdditionTask()
+    example = task.examples("train", 1, 0)[0]
+    chain = worked_chain(example.meta["a"], example.meta["b"])
+    if task.cannot_pass(example, text):
+        assert not task.grade(example, text).correct
+        assert not any(task.grade(example, text + s).correct for s in [*suffixes, chain[len(text):]])
+
+
+def test_every_prefix_of_a_correct_response_can_still_pass():
+    task = AdditionTask()
+    example = task.examples("train", 1, 0)[0]
+    chain = worked_chain(example.meta["a"], example.meta["b"])
+    for full in (chain, chain + "<|im_end|>", " " + chain + " <|im_end|>\n", chain + "</s>"):
+        assert task.grade(example, full).correct
+        assert not any(task.cannot_pass(example, full[:i]) for i in range(len(full) + 1))

@@ -12,7 +12,9 @@ import random
 import re
 import zlib
 
-from opd_core.tasks import Example, Grade, check_split, strip_end_marker
+import regex
+
+from opd_core.tasks import Example, Grade, check_split, marker_free_candidates, strip_end_marker
 
 MIN_OPERAND = 10  # two digits
 MAX_OPERAND = 999  # three digits
@@ -20,6 +22,8 @@ EVAL_SHARE = 10  # one problem in EVAL_SHARE belongs to the eval split
 # The exact grammar of a response: steps "a+b[+1]=s;" then "=answer".
 _STEP = r"\d\+\d(?:\+1)?=\d{1,2}"
 _FORMAT = re.compile(rf"^(?:{_STEP};)+=\d+$")
+# The same grammar for prefixes: does some continuation of this text still match it?
+_FORMAT_PREFIX = regex.compile(rf"(?:{_STEP};)+=\d+")
 
 
 def worked_chain(a: int, b: int) -> str:
@@ -78,6 +82,13 @@ class AdditionTask:
         if offset is not None and offset == len(canonical) and text == canonical:
             offset = None  # only an end-of-turn marker or whitespace follows the canonical chain
         return Grade(correct=answer == str(a + b), format_ok=format_ok, first_error_char=offset)
+
+
+    def cannot_pass(self, example: Example, response: str) -> bool:  # noqa: ARG002 - the grammar decides
+        """True once no continuation of ``response`` is a well-formed chain (``grade`` then says wrong whatever
+        follows): the text, with or without a trailing piece of an end marker, is no prefix of the grammar."""
+        return not any(_FORMAT_PREFIX.fullmatch(text.lstrip(), partial=True) is not None
+                       for text in marker_free_candidates(response))
 
 
 def _operand(rng: random.Random) -> int:
