@@ -5,6 +5,7 @@ returns a figure, so pages only choose data and every chart can be tested withou
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 
@@ -217,15 +218,26 @@ def compare_figure(long: pd.DataFrame, metric: str, x_title: str = "step") -> go
     return _layout(fig, f"{metric} by {x_title}", x_title, metric, height=420)
 
 
+@functools.lru_cache(maxsize=64)
+def _one_row_of_plots(titles: tuple[str, ...]) -> dict:
+    """The layout ``make_subplots`` makes for one row of plots with these titles (axes, domains, title
+    annotations). Building it takes ~40 ms, half the Runs page's server time, and it is the same every time."""
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
+    return {k: v for k, v in fig.layout.to_plotly_json().items() if k != "template"}
+
+
 def metrics_overview_figure(metrics: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     """Small multiples of a run's main metrics over steps (the Runs page's at-a-glance view)."""
     _require(metrics, ["step"], "metrics_overview_figure")
     present = [c for c in columns if c in metrics and metrics[c].notna().any()]
     if not present:
         return empty_figure("no metrics logged yet")
-    fig = make_subplots(rows=1, cols=len(present), subplot_titles=present, horizontal_spacing=0.06)
+    traces = []
     for i, column in enumerate(present, start=1):
         part = metrics[["step", column]].dropna()
-        fig.add_trace(go.Scatter(x=part["step"], y=part[column], mode="lines+markers", name=column,
-                                 marker={"size": 4}, showlegend=False), row=1, col=i)
-    return _relayout(fig, {"height": 240, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}})
+        axis = "" if i == 1 else str(i)
+        traces.append(go.Scatter(x=part["step"], y=part[column], mode="lines+markers", name=column,
+                                 marker={"size": 4}, showlegend=False, xaxis=f"x{axis}", yaxis=f"y{axis}"))
+    layout = copy.deepcopy(_one_row_of_plots(tuple(present)))
+    return _white(go.Figure(data=traces, layout={**layout, "height": 240,
+                                                 "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}))
