@@ -192,14 +192,20 @@ def no_tokens_notice(run: RunRef) -> None:
     st.stop()
 
 
-def stop_if_step_damaged(run: RunRef, step: int, where=st) -> None:
-    """Name a damaged token file of the step a page shows (``tokens/step_N.parquet: reason``) and how to go on,
-    and stop the page there: its records cannot be shown, the other steps still can."""
+def step_damage_notice(run: RunRef, step: int, where=st) -> bool:
+    """Name a damaged token file of the step a page shows (``tokens/step_N.parquet: reason``) and how to go
+    on; True when there was one (its records cannot be shown, the other steps' still can)."""
     damage = state.token_step_problem(run.path, step)
     if damage is not None:
         where.error(f"Step {step} of **{md(run.label)}** cannot be shown: {md(damage)}. Pick another step; the "
                     "other steps' records are unaffected (a trainer rewrites this file only if the step is run "
                     "again, e.g. by resuming from an earlier checkpoint).", icon=":material/broken_image:")
+    return damage is not None
+
+
+def stop_if_step_damaged(run: RunRef, step: int, where=st) -> None:
+    """``step_damage_notice``, then stop the page there when the step cannot be shown."""
+    if step_damage_notice(run, step, where):
         st.stop()
 
 

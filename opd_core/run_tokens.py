@@ -114,7 +114,8 @@ def _record_schema(run_dir: str | Path, step: int) -> pa.Schema:
     if missing:
         raise RunFileError(f"{TOKENS_DIR}/{token_file(run_dir, step).name}",
                            f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                           f"that place each record (it has {len(schema.names)} columns)")
+                           f"that place{'' if len(missing) > 1 else 's'} each record (it has {len(schema.names)} "
+                           "columns)")
     return schema
 
 

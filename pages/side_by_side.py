@@ -43,13 +43,16 @@ def _side(column, name: str, run_key: str) -> tuple:
     widgets.url_choice(param, key, steps)
     step = column.selectbox(f"Step {name}", steps, key=key)
     widgets.keep_in_url(param, step)
-    widgets.stop_if_step_damaged(run, step, where=column)
     return run, step
 
 
 left, right = st.columns(2)
 run_a, step_a = _side(left, "A", st.session_state["sbs_a"])
 run_b, step_b = _side(right, "B", st.session_state["sbs_b"])
+damaged = [widgets.step_damage_notice(run, step, where=column)  # both sides' pickers stay, to pick another step
+           for run, step, column in ((run_a, step_a, left), (run_b, step_b, right))]
+if any(damaged):
+    st.stop()
 widgets.keep_in_url("run", run_a.key)
 widgets.keep_in_url("run_b", run_b.key)
 
