@@ -62,7 +62,9 @@ def run_row(key: str, label: str, summary: RunSummary, last: Mapping[str, float 
            "objective": summary.objective or "", "progress": progress}
     for column in LAST_METRICS:
         row[column] = last.get(column)
-    problems = [str(p) for p in getattr(summary, "problems", None) or []]
+    # the summary's damage is what a look from outside finds; the (cached) health report read the files too
+    problems = list(dict.fromkeys(str(p) for p in [*(getattr(summary, "problems", None) or []),
+                                                    *(getattr(report, "problems", None) or [])]))
     row["health"] = health_summary(report, len(problems))
     row["flags"] = "; ".join([*(f"[damaged] {p}" for p in problems), *filter(None, [flags_text(report)])])
     row["settings"] = key_settings(summary.config if isinstance(summary.config, Mapping) else {})
