@@ -25,7 +25,9 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -260,16 +262,43 @@ def pid_alive(pid: int | None, start_ticks: int | None = None, host: str | None 
     return process_identity.alive(pid, start_ticks)
 
 
+_STATUS_WRITE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _status_write_lock(run_dir: Path) -> Iterator[None]:
+    """One status.json read-merge-write at a time: two writers that each read, merge and replace the file lose
+    one another's fields (the health watch's ``stopped_by`` vanished under the trainer's step update). A lock
+    for this process's threads, and an advisory ``flock`` on the run directory itself (no lock file in it) for
+    other processes (the dashboard's launcher, a second trainer)."""
+    with _STATUS_WRITE:
+        try:
+            fd = os.open(run_dir, os.O_RDONLY)
+        except OSError:  # no such directory yet, or no permission to open it: the thread lock still holds
+            yield
+            return
+        try:
+            with contextlib.suppress(OSError, ImportError):
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
 def write_status(run_dir: str | Path, **fields: Any) -> dict:
-    """Merge ``fields`` into status.json (atomically) and stamp ``updated_at``; returns the new status."""
-    path = Path(run_dir) / STATUS_FILE
-    status = read_json(path, default={})
-    status = dict(status) if isinstance(status, dict) else {}  # a damaged status is replaced, not merged
-    status.update(fields)
-    status["updated_at"] = time.time()
+    """Merge ``fields`` into status.json (atomically, one writer at a time) and stamp ``updated_at``; returns
+    the new status."""
     if "state" in fields and fields["state"] not in STATES:
         raise ValueError(f"state {fields['state']!r} is not one of {STATES}")
-    atomic_write_json(path, status)
+    path = Path(run_dir) / STATUS_FILE
+    with _status_write_lock(Path(run_dir)):
+        status = read_json(path, default={})
+        status = dict(status) if isinstance(status, dict) else {}  # a damaged status is replaced, not merged
+        status.update(fields)
+        status["updated_at"] = time.time()
+        atomic_write_json(path, status)
     return status
 
 

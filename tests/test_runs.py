@@ -118,3 +118,32 @@ def test_the_run_pickers_listing_is_list_runs_order_without_summarising(tmp_path
     assert runs.list_run_paths(base) == expected
     assert len(expected) > 60 and [r for r, _ in expected[:4]] == ["dated-0", "dated-3", "dated-2", "dated-1"]
     assert runs.list_run_paths(tmp_path / "missing") == []
+
+
+def test_concurrent_status_writers_never_lose_each_others_fields(tmp_path):
+    """The trainer's step updates and the health watch's ``stopped_by`` come from two threads (and the
+    dashboard's launcher from another process): each write merges into the file, none undoes another's."""
+    import subprocess
+    import sys
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.write_status(run, state="running", step=0, total_steps=1)
+
+    def write(prefix: str) -> None:
+        for i in range(150):
+            runs.write_status(run, **{f"{prefix}{i}": i})
+
+    code = ("import sys; from opd_core import runs\n"
+            "for i in range(150): runs.write_status(sys.argv[1], **{f'p{i}': i})")
+    other = subprocess.Popen([sys.executable, "-c", code, str(run)])
+    threads = [threading.Thread(target=write, args=(prefix,)) for prefix in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert other.wait(timeout=120) == 0
+    status = runs.read_status(run)
+    missing = [f"{p}{i}" for p in "abp" for i in range(150) if f"{p}{i}" not in status]
+    assert not missing, missing[:10]
