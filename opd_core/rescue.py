@@ -144,10 +144,14 @@ def continue_from_cuts(cuts: list[Cut], pair, teacher_model, sampling: Sampling,
                        ) -> list[tuple[str, str]]:
     """Let the teacher continue each cut prefix; returns (prefix text, continuation text) per cut.
 
-    With ``task`` and ``examples`` (cuts graded by ``task.grade``), a continuation stops as soon as the task
-    says no continuation of it can pass (``tasks.cannot_pass``): its grade is settled, so the rescue verdict
-    is the one the whole continuation would get, for a fraction of the teacher's decoding (a teacher that
-    leaves the format at its first token no longer writes ``max_new_tokens`` more)."""
+    With ``task`` and ``examples`` (cuts graded by ``task.grade``; greedy ``sampling`` only), a continuation
+    stops as soon as the task says no continuation of it can pass (``tasks.cannot_pass``): its grade is
+    settled, so the rescue verdict is the one the whole continuation would get, for a fraction of the
+    teacher's decoding (a teacher that leaves the format at its first token no longer writes
+    ``max_new_tokens`` more)."""
+    if task is not None and not sampling.greedy:
+        raise ValueError("continue_from_cuts stops only greedy continuations early: a sampled batch that ends "
+                         "sooner draws fewer random numbers and changes the samples of every later batch")
     if not cuts:
         return []
     prefix_texts = []
@@ -196,7 +200,9 @@ def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str
                                   eos_ids=pair.teacher_eos_ids, pad_id=pair.teacher_pad_id,
                                   vocab_size=len(pair.teacher))
         refs = {p: final_answer(pair.teacher_text(o)[0]) for p, o in zip(prompts, own)}
-    # Cuts the task grades (not by agreement with the teacher's own answer) may stop once their grade is settled.
+    # Greedy continuations of cuts the task grades (not by agreement with the teacher's own answer) stop once
+    # their grade is settled: each row's tokens are what they would have been. Sampled ones run in full: a batch
+    # that ends sooner would draw fewer random numbers and shift every later batch's samples.
     graded = examples if refs is None else None
     greedy = continue_from_cuts(cuts, pair, teacher_model, Sampling(max_new_tokens=max_new_tokens, greedy=True),
                                 max_new_tokens=max_new_tokens, task=task, examples=graded)
@@ -204,8 +210,7 @@ def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str
     ok_sampled: list = [float("nan")] * len(cuts)
     if sampled:
         torch.manual_seed(seed)
-        drawn = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens, task=task,
-                                   examples=graded)
+        drawn = continue_from_cuts(cuts, pair, teacher_model, sampling, max_new_tokens=max_new_tokens)
         ok_sampled = [bool(x) for x in grade_continuations(cuts, drawn, task, examples, refs)]
     rows = []
     for c, g, s, (prefix, cont) in zip(cuts, ok_greedy, ok_sampled, greedy):

@@ -116,16 +116,19 @@ def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
 
 
 class _StopWhen(StoppingCriteria):
-    """Ends a row once ``stop_when(row, generated ids)`` says so, and remembers how long the row was then."""
+    """Ends a row once ``stop_when(row, generated ids)`` says so, and remembers how long the row was then.
+    Asked after every token of a row that has not ended: the question (decode the row, check it) costs about
+    as much as a toy model's decoding step, nothing beside a real model's."""
 
-    def __init__(self, stop_when: Callable[[int, list[int]], bool], first_row: int, prompt_len: int) -> None:
-        self.stop_when, self.first_row, self.prompt_len = stop_when, first_row, prompt_len
+    def __init__(self, stop_when: Callable[[int, list[int]], bool], first_row: int, prompt_len: int,
+                 eos: set[int]) -> None:
+        self.stop_when, self.first_row, self.prompt_len, self.eos = stop_when, first_row, prompt_len, eos
         self.lengths: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:  # noqa: ARG002
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i, row in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            if i in self.lengths:
+            if i in self.lengths or self.eos.intersection(row):  # stopped here, or ended with its EOS
                 done[i] = True
             elif self.stop_when(self.first_row + i, row):
                 self.lengths[i] = len(row)
@@ -176,7 +179,7 @@ def sample_responses(
         for start in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[start:start + batch_size]
             ids, mask = left_pad(chunk, pad_id, device)
-            stop = None if stop_when is None else _StopWhen(stop_when, start, ids.shape[1])
+            stop = None if stop_when is None else _StopWhen(stop_when, start, ids.shape[1], eos)
             try:
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
                                      logits_processor=processors,

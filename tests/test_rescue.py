@@ -105,9 +105,9 @@ def test_paired_fall_compares_each_response_with_itself():
 
 
 def test_continuations_stop_once_their_grade_is_settled_and_no_rescue_verdict_changes(tmp_path, monkeypatch):
-    """A continuation that can no longer be graded correct (toy:addition: no longer a prefix of the chain
-    grammar) stops there: the rescue table's verdicts, greedy and sampled, are those of the full continuations,
-    for fewer teacher tokens."""
+    """A greedy continuation that can no longer be graded correct (toy:addition: no longer a prefix of the chain
+    grammar) stops there: the rescue table's verdicts (greedy, and sampled, which run in full) are those of the
+    full continuations, for fewer teacher tokens."""
     from opd_core import runs
     from opd_core.config import load_config
     from opd_core.rescue_runs import rescue_run
@@ -140,5 +140,5 @@ def test_continuations_stop_once_their_grade_is_settled_and_no_rescue_verdict_ch
     def verdicts(result):
         return [(c["sample"], c["pos"], c["rescued_greedy"], c["rescued_sampled"]) for c in result["cuts"]]
 
-    assert len(stopped["cuts"]) > 4 and verdicts(stopped) == verdicts(full)
+    assert len(stopped["cuts"]) > 4 and verdicts(stopped) == verdicts(full)  # sampled ones run in full
     assert written[0] < written[1], written
