@@ -155,9 +155,12 @@ def _train(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CliError(str(exc)) from None
 
-    from transformers.utils import logging as hf_logging
+    from opd_core.collector import paused_for_imports
 
-    from opd_core.train_entry import train_from_cli
+    with paused_for_imports():
+        from transformers.utils import logging as hf_logging
+
+        from opd_core.train_entry import train_from_cli
 
     hf_logging.disable_progress_bar()  # one progress bar on the terminal: the run's
 

@@ -48,7 +48,30 @@ print("ok")
 """
 
 
-def test_freezing_collects_garbage_first_keeps_collecting_new_garbage_and_happens_once() -> None:
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=60,
+PAUSED_PROBE = """
+import gc
+from opd_core import collector
+
+assert gc.isenabled() and gc.get_freeze_count() == 0
+with collector.paused_for_imports():
+    assert not gc.isenabled()       # nothing walks the objects the imports pile up
+    import json, decimal  # noqa: F401
+assert gc.isenabled(), "the collector stays off after the imports"
+assert gc.get_freeze_count() > 1000  # what the imports left is frozen
+assert collector.freeze_long_lived_once() is False  # the process's one freeze is spent
+print("ok")
+"""
+
+
+def _probe(code: str) -> None:
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_imports_run_without_collections_and_what_they_leave_is_frozen() -> None:
+    _probe(PAUSED_PROBE)
+
+
+def test_freezing_collects_garbage_first_keeps_collecting_new_garbage_and_happens_once() -> None:
+    _probe(PROBE)

@@ -35,11 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`opd-lab score`: check everything first (exit 2, no run dir), print the run dir, score, print throughput."""
-    from transformers.utils import logging as hf_logging
+    from opd_core.collector import paused_for_imports
 
-    from opd_core.distributed import init_from_env, shutdown
-    from opd_core.rescoring.inputs import parse_map
-    from opd_core.rescoring.score import ScoringError, resume_scoring, score_rollouts
+    with paused_for_imports():
+        from transformers.utils import logging as hf_logging
+
+        from opd_core.distributed import init_from_env, shutdown
+        from opd_core.rescoring.inputs import parse_map
+        from opd_core.rescoring.score import ScoringError, resume_scoring, score_rollouts
 
     hf_logging.disable_progress_bar()
     if threading.current_thread() is threading.main_thread():
