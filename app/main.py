@@ -11,12 +11,13 @@ from pathlib import Path
 import streamlit as st
 
 from app.navigation import build_navigation
-from opd_core.collector import freeze_long_lived_once
+from opd_core.collector import paused_until_frozen
 
 FAVICON = Path(__file__).resolve().parent / "static" / "favicon.png"  # shipped: nothing fetched from the internet
 
 st.set_page_config(page_title="OPD Lab", page_icon=str(FAVICON), layout="wide")
-st.navigation(build_navigation(), position="sidebar").run()
-# After the first page has run, the server holds what it keeps (Streamlit, pandas, plotly, the app): without
-# this, full garbage collections over those objects were 41% of the server's CPU on page changes.
-freeze_long_lived_once()
+# The first page run imports what the server keeps (pandas, plotly, the app) and builds Streamlit's state: no
+# collections meanwhile, then freeze it. Without this, full collections walking those objects were 41% of the
+# server's CPU on page changes; the first page also renders 0.3-0.6 s sooner.
+with paused_until_frozen():
+    st.navigation(build_navigation(), position="sidebar").run()

@@ -155,9 +155,9 @@ def _train(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CliError(str(exc)) from None
 
-    from opd_core.collector import paused_for_imports
+    from opd_core.collector import paused_until_frozen
 
-    with paused_for_imports():
+    with paused_until_frozen(collect_first=False):
         from transformers.utils import logging as hf_logging
 
         from opd_core.train_entry import train_from_cli

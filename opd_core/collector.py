@@ -35,14 +35,18 @@ def freeze_long_lived_once(collect_first: bool = True) -> bool:
 
 
 @contextmanager
-def paused_for_imports() -> Iterator[None]:
-    """No collections while the block imports torch and transformers, then freeze what they left.
+def paused_until_frozen(collect_first: bool = True) -> Iterator[None]:
+    """No collections during the block, then ``freeze_long_lived_once``: for the block in which a process imports
+    and builds what it keeps. Once the process has frozen, the block runs as any other, collector on.
 
-    Importing them creates ~400,000 objects that live as long as the process, and the collector walked them
-    again and again as they piled up: 0.6 of the 3.5 CPU s it takes to import the trainer. What is garbage
-    right after those imports is ~10,000 objects (measured), so it is frozen with the rest rather than paid
-    for with a 0.26 s full collection.
+    Importing torch and transformers creates ~400,000 objects that live as long as the process, and the collector
+    walked them again and again as they piled up: 0.6 of the 3.5 CPU s it takes to import the trainer, 0.3-0.6 s
+    of the dashboard's first page. What is garbage right after those imports is ~10,000 objects (measured), so
+    the trainer freezes it with the rest (``collect_first=False``) rather than pay a 0.26 s full collection.
     """
+    if _state["frozen"]:
+        yield
+        return
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -50,7 +54,7 @@ def paused_for_imports() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-    freeze_long_lived_once(collect_first=False)
+        freeze_long_lived_once(collect_first)
 
 
 def skip_collection_at_exit() -> None:

@@ -35,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`opd-lab score`: check everything first (exit 2, no run dir), print the run dir, score, print throughput."""
-    from opd_core.collector import paused_for_imports
+    from opd_core.collector import paused_until_frozen
 
-    with paused_for_imports():
+    with paused_until_frozen(collect_first=False):
         from transformers.utils import logging as hf_logging
 
         from opd_core.distributed import init_from_env, shutdown
