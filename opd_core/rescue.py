@@ -144,7 +144,7 @@ def continue_from_cuts(cuts: list[Cut], pair, teacher_model, sampling: Sampling,
                        ) -> list[tuple[str, str]]:
     """Let the teacher continue each cut prefix; returns (prefix text, continuation text) per cut.
 
-    With ``task`` and ``examples`` (cuts graded by ``task.grade``; greedy ``sampling`` only), a continuation
+    With ``task`` (cuts graded by ``task.grade`` against ``examples``; greedy ``sampling`` only), a continuation
     stops as soon as the task says no continuation of it can pass (``tasks.cannot_pass``): its grade is
     settled, so the rescue verdict is the one the whole continuation would get, for a fraction of the
     teacher's decoding (a teacher that leaves the format at its first token no longer writes
@@ -164,7 +164,7 @@ def continue_from_cuts(cuts: list[Cut], pair, teacher_model, sampling: Sampling,
         prompt_ids.append(pair.teacher_prompt_ids(c.rollout.prompt) + list(t_ids))
     s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, max_new_tokens, sampling.greedy)
     stop_when = None
-    if task is not None and examples is not None:
+    if task is not None:
         def stop_when(i: int, ids: list[int]) -> bool:
             return cannot_pass(task, examples[cuts[i].rollout.prompt], prefix_texts[i] + pair.teacher_text(ids)[0])
     outs, _ = sample_responses(teacher_model, prompt_ids, s, eos_ids=pair.teacher_eos_ids, pad_id=pair.teacher_pad_id,
@@ -203,9 +203,9 @@ def evaluate_cuts(cuts: list[Cut], pair, teacher_model, task, examples: dict[str
     # Greedy continuations of cuts the task grades (not by agreement with the teacher's own answer) stop once
     # their grade is settled: each row's tokens are what they would have been. Sampled ones run in full: a batch
     # that ends sooner would draw fewer random numbers and shift every later batch's samples.
-    graded = examples if refs is None else None
     greedy = continue_from_cuts(cuts, pair, teacher_model, Sampling(max_new_tokens=max_new_tokens, greedy=True),
-                                max_new_tokens=max_new_tokens, task=task, examples=graded)
+                                max_new_tokens=max_new_tokens, task=task if refs is None else None,
+                                examples=examples)
     ok_greedy = grade_continuations(cuts, greedy, task, examples, refs)
     ok_sampled: list = [float("nan")] * len(cuts)
     if sampled:

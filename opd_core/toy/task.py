@@ -83,7 +83,6 @@ class AdditionTask:
             offset = None  # only an end-of-turn marker or whitespace follows the canonical chain
         return Grade(correct=answer == str(a + b), format_ok=format_ok, first_error_char=offset)
 
-
     def cannot_pass(self, example: Example, response: str) -> bool:  # noqa: ARG002 - the grammar decides
         """True once no continuation of ``response`` is a well-formed chain (``grade`` then says wrong whatever
         follows): the text, with or without a trailing piece of an end marker, is no prefix of the grammar."""
