@@ -16,18 +16,21 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_exit_hook_registered = False
+# Whether this process froze, kept here: ``gc.get_freeze_count()`` walks the whole permanent generation (33 ms
+# with transformers imported), and the dashboard asks on every page run.
+_state = {"frozen": False, "at_exit": False}
 
 
 def freeze_long_lived_once(collect_first: bool = True) -> bool:
-    """Collect once, then freeze what survives, unless this process has frozen already (then it does nothing).
+    """Collect once, then freeze what survives, the first time this process calls it; later calls do nothing.
 
     Call it when the process has imported what it keeps (the dashboard after its first page run): what is
     created later is collected as usual. The collection first means garbage alive now is freed, not frozen;
     ``collect_first=False`` skips it where that garbage is known to be small. Returns whether this call froze.
     """
-    if gc.get_freeze_count():
+    if _state["frozen"]:
         return False
+    _state["frozen"] = True
     if collect_first:
         gc.collect()
     gc.freeze()
@@ -44,7 +47,7 @@ def paused_until_frozen(collect_first: bool = True) -> Iterator[None]:
     of the dashboard's first page. What is garbage right after those imports is ~10,000 objects (measured), so
     the trainer freezes it with the rest (``collect_first=False``) rather than pay a 0.26 s full collection.
     """
-    if gc.get_freeze_count():
+    if _state["frozen"]:
         yield
         return
     enabled = gc.isenabled()
@@ -62,7 +65,6 @@ def skip_collection_at_exit() -> None:
     walk (0.85 -> 0.17 s for a process that imported transformers' models). Nothing a clean exit relies on is
     skipped: files are closed by reference counting or explicitly, and Python never promised to finalise
     cycles still alive at exit. Registered once per process; the collector keeps working until exit."""
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        _exit_hook_registered = True
+    if not _state["at_exit"]:
+        _state["at_exit"] = True
         atexit.register(gc.freeze)
